@@ -1,0 +1,1 @@
+"""The domain: state machines, money, errors and events. Standard library only."""

@@ -1,0 +1,70 @@
+"""Running the sandbox: in the foreground (`payment-service sandbox`) or in a thread (tests, `dev`)."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from typing import Any
+
+from werkzeug.serving import BaseWSGIServer, make_server
+
+from .core import EXTENSION_KEY, Sandbox, SandboxConfig, create_sandbox_app
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+class SandboxServer:
+    """A sandbox on a free loopback port, served by a threaded WSGI server in a daemon thread."""
+
+    def __init__(self, config: SandboxConfig | None = None, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.host = host
+        self.port = port or free_port(host)
+        self.config = config or SandboxConfig()
+        self.config.public_url = f"http://{self.host}:{self.port}"
+        self.app = create_sandbox_app(self.config)
+        self._server: BaseWSGIServer | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def stripe_api_base(self) -> str:
+        return self.url + "/stripe"
+
+    @property
+    def razorpay_api_base(self) -> str:
+        return self.url + "/razorpay"
+
+    @property
+    def sandbox(self) -> Sandbox:
+        sandbox: Sandbox = self.app.extensions[EXTENSION_KEY]
+        return sandbox
+
+    def start(self) -> SandboxServer:
+        self._server = make_server(self.host, self.port, self.app, threaded=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, name="sandbox-http", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def __enter__(self) -> SandboxServer:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+def serve_forever(config: SandboxConfig, host: str, port: int) -> None:
+    config.public_url = config.public_url if config.public_url else f"http://{host}:{port}"
+    make_server(host, port, create_sandbox_app(config), threaded=True).serve_forever()
