@@ -9,8 +9,9 @@ Every mutating call takes an `idempotency_key` that the caller derives from our 
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Protocol
+from typing import Any, Protocol
 
 
 class ChargeStatus(str, enum.Enum):

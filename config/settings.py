@@ -1,0 +1,148 @@
+"""Every setting comes from an environment variable, or from a file named by `<NAME>_FILE`.
+
+The `_FILE` form is for mounted secrets (Kubernetes, Docker secrets): the file's content, with the
+trailing newline stripped, is the value. A variable set both ways is a configuration error.
+Secrets are never logged: `Settings.describe()` masks them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+DEV_JWT_SECRET = "dev-only-jwt-secret-change-me-0123456789abcdef"
+DEV_EVENT_SIGNING_KEY = "dev-only-event-signing-key"
+SANDBOX_STRIPE_API_KEY = "sk_test_sandbox"
+SANDBOX_STRIPE_WEBHOOK_SECRET = "whsec_sandbox_stripe"
+SANDBOX_RAZORPAY_KEY_ID = "rzp_test_sandbox"
+SANDBOX_RAZORPAY_KEY_SECRET = "sandbox_razorpay_key_secret"
+SANDBOX_RAZORPAY_WEBHOOK_SECRET = "sandbox_razorpay_webhook_secret"
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _secret(**kw: Any) -> Any:
+    return field(metadata={"secret": True}, **kw)
+
+
+@dataclass
+class Settings:
+    DATABASE_URL: str = "sqlite:///instance/payment-service.sqlite3"
+    KAFKA_BOOTSTRAP_SERVERS: str = "127.0.0.1:9092"
+    EVENTS_TOPIC: str = "payment.events"
+
+    STRIPE_API_KEY: str = _secret(default=SANDBOX_STRIPE_API_KEY)
+    STRIPE_WEBHOOK_SECRET: str = _secret(default=SANDBOX_STRIPE_WEBHOOK_SECRET)
+    STRIPE_API_BASE: str | None = None
+    RAZORPAY_KEY_ID: str = SANDBOX_RAZORPAY_KEY_ID
+    RAZORPAY_KEY_SECRET: str = _secret(default=SANDBOX_RAZORPAY_KEY_SECRET)
+    RAZORPAY_WEBHOOK_SECRET: str = _secret(default=SANDBOX_RAZORPAY_WEBHOOK_SECRET)
+    RAZORPAY_API_BASE: str | None = None
+    RAZORPAYX_ACCOUNT_NUMBER: str = "2323230041626905"
+    GATEWAY_TIMEOUT_SECONDS: float = 10.0
+
+    JWT_SECRET: str | None = _secret(default=DEV_JWT_SECRET)
+    JWT_PUBLIC_KEY: str | None = None
+    JWT_AUDIENCE: str = "payment-service"
+    JWT_ISSUER: str | None = None
+
+    EVENT_SIGNING_KEY: str = _secret(default=DEV_EVENT_SIGNING_KEY)
+    EVENT_SIGNING_KEY_ID: str = "dev-1"
+
+    PENDING_3DS_TTL_SECONDS: int = 900
+    RECONCILE_AFTER_SECONDS: int = 180
+    IDEMPOTENCY_KEY_TTL_SECONDS: int = 86400
+    OUTBOX_RETENTION_SECONDS: int = 7 * 86400
+
+    RATE_LIMIT_USER: str = "120/minute"
+    RATE_LIMIT_CLIENT: str = "1200/minute"
+    RATE_LIMIT_STORAGE_URI: str = "memory://"
+
+    RISK_MAX_AMOUNT: int = 20_000_000
+    RISK_VELOCITY_MAX_ATTEMPTS: int = 10
+    RISK_VELOCITY_WINDOW_SECONDS: int = 3600
+    RISK_VELOCITY_MAX_AMOUNT: int = 50_000_000
+    RISK_BLOCKED_BINS: str = ""
+    RISK_BLOCKED_COUNTRIES: str = ""
+    RISK_NEW_DEVICE_AMOUNT: int = 1_000_000
+    RISK_NEW_DEVICE_ACTION: str = "require_3ds"
+
+    LOG_LEVEL: str = "INFO"
+    LOG_FORMAT: str = "json"
+    TESTING: bool = False
+    READYZ_CHECK_BROKER: bool = True
+
+    @classmethod
+    def secret_names(cls) -> set[str]:
+        return {f.name for f in fields(cls) if f.metadata.get("secret")}
+
+    def describe(self) -> dict[str, Any]:
+        """The settings with every secret masked, safe to log or print."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.metadata.get("secret") and value:
+                value = "***"
+            elif f.name == "DATABASE_URL" and isinstance(value, str):
+                value = _mask_url_password(value)
+            out[f.name] = value
+        return out
+
+
+def _mask_url_password(url: str) -> str:
+    if "://" in url and "@" in url:
+        scheme, rest = url.split("://", 1)
+        creds, host = rest.rsplit("@", 1)
+        if ":" in creds:
+            return f"{scheme}://{creds.split(':', 1)[0]}:***@{host}"
+    return url
+
+
+def _convert(raw: str, default: Any, name: str) -> Any:
+    kind = type(default)
+    try:
+        if isinstance(default, bool):
+            if raw.lower() in {"1", "true", "yes", "on"}:
+                return True
+            if raw.lower() in {"0", "false", "no", "off"}:
+                return False
+            raise ValueError(raw)
+        if isinstance(default, int):
+            return int(raw)
+        if isinstance(default, float):
+            return float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a {kind.__name__}") from None
+    return raw
+
+
+def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+    env = os.environ if env is None else env
+    settings = Settings()
+    for f in fields(settings):
+        name = f.name
+        raw = env.get(name)
+        file_name = env.get(name + "_FILE")
+        if raw is not None and file_name is not None:
+            raise ConfigError(f"{name} and {name}_FILE are both set; set one")
+        if file_name is not None:
+            try:
+                raw = Path(file_name).read_text().rstrip("\r\n")
+            except OSError as exc:
+                raise ConfigError(f"{name}_FILE: cannot read {file_name}: {exc.strerror}") from None
+        if raw is not None:
+            setattr(settings, name, _convert(raw, getattr(settings, name), name))
+    for name, value in overrides.items():
+        if not hasattr(settings, name):
+            raise ConfigError(f"unknown setting {name}")
+        setattr(settings, name, value)
+    if settings.JWT_PUBLIC_KEY and env.get("JWT_SECRET") is None and env.get("JWT_SECRET_FILE") is None:
+        settings.JWT_SECRET = None  # RS256 configured; no HS256 fallback secret
+    if settings.RISK_NEW_DEVICE_ACTION not in {"require_3ds", "refuse", "allow"}:
+        raise ConfigError("RISK_NEW_DEVICE_ACTION must be require_3ds, refuse or allow")
+    return settings

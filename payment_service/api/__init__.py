@@ -1,0 +1,85 @@
+"""The HTTP API: Flask blueprints that parse, call a service, and map errors to problem+json."""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+import time
+from typing import Any
+
+from flask import Flask, Response, g, request
+
+from config import Settings, load_settings
+
+from ..bootstrap import Container, bootstrap
+from ..observability import configure_logging, request_id_var
+from . import errors, health, openapi, parsing
+
+logger = logging.getLogger(__name__)
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def _begin_request() -> None:
+    incoming = request.headers.get("X-Request-Id", "")
+    g.request_id = incoming if _REQUEST_ID.match(incoming) else "req_" + secrets.token_hex(12)
+    g.request_id_token = request_id_var.set(g.request_id)
+    g.t0 = time.perf_counter()
+    health.start_timer()
+
+
+def _finish_request(response: Response) -> Response:
+    response.headers["X-Request-Id"] = g.get("request_id", "")
+    health.record_request(response)
+    logger.info(
+        "request",
+        extra={
+            "method": request.method,
+            "path": request.path,
+            "status": response.status_code,
+            "duration_ms": round((time.perf_counter() - g.get("t0", time.perf_counter())) * 1000, 2),
+        },
+    )
+    return response
+
+
+def _guard_json_body() -> Response | None:
+    """Refuse, before any view runs, a JSON body that does not parse or that holds a card number.
+
+    Nothing is stored or logged for such a request: the card number never gets past this point.
+    Webhook bodies are checked by their signature instead, and views that accept bank account
+    numbers exempt those fields (see api/parsing.py).
+    """
+    if request.routing_exception is not None or request.method not in {"POST", "PUT", "PATCH"}:
+        return None
+    if request.blueprint == "webhooks" or not request.content_length and not request.data:
+        return None
+    return parsing.guard_current_request()
+
+
+def _teardown(_exc: BaseException | None) -> None:
+    token = g.pop("request_id_token", None)
+    if token is not None:
+        request_id_var.reset(token)
+
+
+def create_app(settings: Settings | None = None, container: Container | None = None, **overrides: Any) -> Flask:
+    """The application factory. Tests pass settings or overrides; production reads the environment."""
+    settings = settings or load_settings(**overrides)
+    app = Flask(__name__)
+    app.config["TESTING"] = settings.TESTING
+    app.config["MAX_CONTENT_LENGTH"] = 1 << 20
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    if not settings.TESTING:
+        configure_logging(settings.LOG_LEVEL, settings.LOG_FORMAT)
+    app.extensions["payment_service"] = container or bootstrap(settings)
+
+    app.before_request(_begin_request)
+    app.before_request(_guard_json_body)
+    app.after_request(_finish_request)
+    app.teardown_request(_teardown)
+    errors.register_error_handlers(app)
+    app.register_blueprint(health.bp)
+    app.register_blueprint(openapi.bp)
+    return app

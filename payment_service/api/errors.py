@@ -1,0 +1,92 @@
+"""Every error leaves as application/problem+json (RFC 9457), built by `problem()` alone."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Flask, Response, json
+from werkzeug.exceptions import HTTPException
+
+from ..domain import errors as domain_errors
+
+logger = logging.getLogger(__name__)
+
+PROBLEM_TYPE_BASE = "https://payment-service.dev/problems/"
+
+_DOMAIN_STATUS: list[tuple[type[domain_errors.DomainError], int]] = [
+    (domain_errors.ValidationFailed, 422),
+    (domain_errors.CardDataNotAccepted, 422),
+    (domain_errors.RefundExceedsCaptured, 422),
+    (domain_errors.PaymentNotRefundable, 422),
+    (domain_errors.NotFound, 404),
+    (domain_errors.Conflict, 409),
+    (domain_errors.GatewayUnavailable, 503),
+    (domain_errors.DependencyUnavailable, 503),
+]
+
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    406: "not_acceptable",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "validation_failed",
+    429: "rate_limited",
+    500: "internal_error",
+    503: "service_unavailable",
+}
+
+
+def problem(
+    status: int,
+    code: str,
+    title: str,
+    detail: str | None = None,
+    errors: list[dict[str, str]] | None = None,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> Response:
+    body: dict[str, Any] = {
+        "type": PROBLEM_TYPE_BASE + code,
+        "title": title,
+        "status": status,
+        "detail": detail or title,
+        "code": code,
+        "errors": errors or [],
+    }
+    body.update(extra)
+    response = Response(json.dumps(body), status=status, mimetype="application/problem+json")
+    for name, value in (headers or {}).items():
+        response.headers[name] = value
+    return response
+
+
+def domain_error_response(exc: domain_errors.DomainError, headers: dict[str, str] | None = None) -> Response:
+    status = next((s for cls, s in _DOMAIN_STATUS if isinstance(exc, cls)), 400)
+    return problem(status, exc.code, exc.title, exc.detail, exc.errors, headers=headers)
+
+
+def _http_error(exc: HTTPException) -> Response:
+    status = exc.code or 500
+    headers = {k: v for k, v in exc.get_headers() if k.lower() not in {"content-type", "content-length"}}
+    detail = exc.description if status != 500 else None
+    return problem(status, _HTTP_CODES.get(status, "http_error"), exc.name, detail, headers=headers)
+
+
+def _unhandled(exc: Exception) -> Response:
+    if isinstance(exc, HTTPException):
+        return _http_error(exc)
+    # Logged with its traceback (masked by the log filter); the caller sees no stack trace.
+    logger.exception("unhandled error")
+    return problem(500, "internal_error", "Internal Server Error", "An unexpected error occurred.")
+
+
+def register_error_handlers(app: Flask) -> None:
+    app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(domain_errors.DomainError, domain_error_response)
+    app.register_error_handler(Exception, _unhandled)

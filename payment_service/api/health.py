@@ -1,0 +1,98 @@
+"""Liveness, readiness and Prometheus metrics."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+from flask import Blueprint, Response, current_app, g, jsonify, request
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import multiprocess as prom_multiprocess
+from sqlalchemy import text
+
+from ..adapters import migrate
+from .context import container
+
+logger = logging.getLogger(__name__)
+bp = Blueprint("health", __name__)
+
+HTTP_REQUESTS = Counter("http_requests_total", "HTTP requests", ["method", "endpoint", "status"])
+HTTP_LATENCY = Histogram(
+    "http_request_duration_seconds",
+    "HTTP request latency",
+    ["method", "endpoint"],
+    buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+
+
+def start_timer() -> None:
+    g.started = time.perf_counter()
+
+
+def record_request(response: Response) -> Response:
+    started = g.get("started")
+    if started is not None:
+        endpoint = request.url_rule.rule if request.url_rule is not None else "unmatched"
+        HTTP_LATENCY.labels(request.method, endpoint).observe(time.perf_counter() - started)
+        HTTP_REQUESTS.labels(request.method, endpoint, str(response.status_code)).inc()
+    return response
+
+
+@bp.get("/healthz")
+def healthz() -> Response:
+    return jsonify({"status": "ok"})
+
+
+def _check_database() -> str | None:
+    try:
+        with container().engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+            if not migrate.at_head(conn):
+                return "migrations not at head (run `payment-service db upgrade`)"
+    except Exception as exc:  # noqa: BLE001 - any failure means not ready
+        return f"unreachable: {type(exc).__name__}"
+    return None
+
+
+def _check_broker() -> str | None:
+    if not container().settings.READYZ_CHECK_BROKER:
+        return None
+    try:
+        container().kafka_admin().list_topics(timeout=2)
+    except Exception as exc:  # noqa: BLE001
+        return f"unreachable: {type(exc).__name__}"
+    return None
+
+
+@bp.get("/readyz")
+def readyz() -> tuple[Response, int]:
+    checks = {"database": _check_database(), "broker": _check_broker()}
+    failing = {name: why for name, why in checks.items() if why}
+    body = {name: ("ok" if not why else why) for name, why in checks.items()}
+    if failing:
+        from .errors import problem
+
+        names = ", ".join(sorted(failing))
+        response = problem(
+            503, "not_ready", "Service Unavailable", f"not ready: {names}", checks=body,
+            errors=[{"field": name, "message": why} for name, why in sorted(failing.items())],
+        )
+        response.headers["Retry-After"] = "5"
+        return response, 503
+    return jsonify({"status": "ready", "checks": body}), 200
+
+
+@bp.get("/metrics")
+def metrics() -> Response:
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # Under gunicorn with several workers each keeps its own counters; aggregate them here.
+        registry = CollectorRegistry()
+        prom_multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        data = generate_latest(registry)
+    else:
+        data = generate_latest()
+    return Response(data, mimetype=CONTENT_TYPE_LATEST)
+
+
+__all__ = ["bp", "current_app", "record_request", "start_timer"]

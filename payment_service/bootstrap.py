@@ -1,0 +1,67 @@
+"""The one place that picks the concrete parts (cosmicpython's bootstrap): engine, gateways, clock."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.orm import Session, sessionmaker
+
+from config import Settings
+
+
+def make_engine(url: str, **kwargs: Any) -> Engine:
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, **kwargs)
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.close()
+
+        return engine
+    kwargs.setdefault("pool_pre_ping", True)
+    kwargs.setdefault("pool_recycle", 1800)
+    kwargs.setdefault("pool_size", 10)
+    kwargs.setdefault("max_overflow", 20)
+    # READ COMMITTED: guarded UPDATEs and row locks see the latest committed row, and no gap locks.
+    kwargs.setdefault("isolation_level", "READ COMMITTED")
+    return create_engine(url, **kwargs)
+
+
+@dataclass
+class Container:
+    settings: Settings
+    engine: Engine
+    session_factory: sessionmaker[Session]
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _cache: dict[str, Any] = field(default_factory=dict)
+
+    def cached(self, name: str, build: Any) -> Any:
+        with self._lock:
+            if name not in self._cache:
+                self._cache[name] = build()
+            return self._cache[name]
+
+    def kafka_admin(self) -> Any:
+        from confluent_kafka.admin import AdminClient
+
+        return self.cached(
+            "kafka_admin",
+            lambda: AdminClient(
+                {"bootstrap.servers": self.settings.KAFKA_BOOTSTRAP_SERVERS, "socket.timeout.ms": 2000}
+            ),
+        )
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def bootstrap(settings: Settings) -> Container:
+    engine = make_engine(settings.DATABASE_URL)
+    return Container(settings=settings, engine=engine, session_factory=sessionmaker(engine, expire_on_commit=False))

@@ -1,0 +1,120 @@
+"""The app's edges without a database server: problem+json everywhere, request ids, OpenAPI coverage."""
+
+import re
+
+import pytest
+
+from payment_service.api import create_app
+from payment_service.api.openapi import spec
+
+
+@pytest.fixture
+def app(tmp_path):
+    app = create_app(DATABASE_URL=f"sqlite:///{tmp_path}/t.sqlite3", TESTING=True, READYZ_CHECK_BROKER=False)
+
+    @app.post("/_test/echo")
+    def echo():
+        from payment_service.api.parsing import body
+
+        return {"got": body()}
+
+    @app.get("/_test/crash")
+    def crash():
+        raise RuntimeError("secret internals 4242424242424242")
+
+    return app
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+def assert_problem(resp, status: int, code: str) -> dict:
+    assert resp.status_code == status
+    assert resp.content_type == "application/problem+json"
+    body = resp.get_json(force=True)
+    assert body["status"] == status and body["code"] == code
+    assert set(body) >= {"type", "title", "status", "detail", "code", "errors"}
+    return body
+
+
+def test_unknown_route_is_problem(client) -> None:
+    assert_problem(client.get("/nope"), 404, "not_found")
+
+
+def test_wrong_method_is_problem(client) -> None:
+    resp = client.delete("/healthz")
+    assert_problem(resp, 405, "method_not_allowed")
+    assert "GET" in resp.headers["Allow"]
+
+
+def test_malformed_json_is_problem(client) -> None:
+    assert_problem(client.post("/_test/echo", data="{nope", content_type="application/json"), 400, "malformed_json")
+
+
+def test_non_json_is_problem(client) -> None:
+    assert_problem(client.post("/_test/echo", data="a=b"), 415, "unsupported_media_type")
+
+
+def test_card_number_in_body_refused_without_echo(client) -> None:
+    resp = client.post("/_test/echo", json={"note": "4242 4242 4242 4242"})
+    body = assert_problem(resp, 422, "card_data_not_accepted")
+    assert "4242" not in resp.get_data(as_text=True)
+    assert body["errors"][0]["field"] == "note"
+
+
+def test_unhandled_error_has_no_stack_trace(client, caplog) -> None:
+    resp = client.get("/_test/crash")
+    body = assert_problem(resp, 500, "internal_error")
+    text = resp.get_data(as_text=True)
+    assert "Traceback" not in text and "secret internals" not in text and body["detail"]
+
+
+def test_request_id_generated_or_echoed(client) -> None:
+    assert re.match(r"^req_[0-9a-f]{24}$", client.get("/healthz").headers["X-Request-Id"])
+    assert client.get("/healthz", headers={"X-Request-Id": "abc-123"}).headers["X-Request-Id"] == "abc-123"
+    bad = client.get("/healthz", headers={"X-Request-Id": "<script>"}).headers["X-Request-Id"]
+    assert bad.startswith("req_")
+
+
+def test_readyz_names_the_failing_part(client) -> None:
+    # The SQLite file exists but has never been migrated.
+    resp = client.get("/readyz")
+    body = assert_problem(resp, 503, "not_ready")
+    assert body["errors"] == [{"field": "database", "message": "migrations not at head (run `payment-service db upgrade`)"}]
+    assert resp.headers["Retry-After"]
+
+
+def test_metrics_are_prometheus(client) -> None:
+    client.get("/healthz")
+    text = client.get("/metrics").get_data(as_text=True)
+    assert 'http_requests_total{endpoint="/healthz",method="GET",status="200"}' in text
+
+
+def test_docs_page_and_assets_are_local(client) -> None:
+    page = client.get("/docs").get_data(as_text=True)
+    assert "/openapi.json" in page and "swagger-ui-bundle.js" in page
+    asset = client.get("/docs/static/swagger-ui-bundle.js")
+    assert asset.status_code == 200
+    asset.close()
+
+
+def _flask_paths(app) -> set[str]:
+    paths = set()
+    for rule in app.url_map.iter_rules():
+        if rule.endpoint == "static" or rule.rule.startswith(("/_test", "/docs/static")):
+            continue
+        paths.add(re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", rule.rule))
+    return paths
+
+
+def test_openapi_documents_every_route_and_only_those(app, client) -> None:
+    doc = client.get("/openapi.json").get_json()
+    assert doc == spec()
+    assert doc["openapi"].startswith("3.1")
+    assert _flask_paths(app) == set(doc["paths"])
+    for path, ops in doc["paths"].items():
+        for method in ops:
+            rules = [r for r in app.url_map.iter_rules() if re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", r.rule) == path]
+            assert any(method.upper() in r.methods for r in rules), (path, method)
