@@ -5,7 +5,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import create_engine, pool
 
-from payment_service.adapters.orm import Base
+from payment_service.adapters.orm import Base, UTCDateTime
 
 target_metadata = Base.metadata
 config = context.config
@@ -37,6 +37,17 @@ def run_migrations_online() -> None:
     engine.dispose()
 
 
+def render_item(type_: str, obj: object, autogen_context) -> str | bool:  # type: ignore[no-untyped-def]
+    # Migrations must not import the app's types: render UTCDateTime as the plain column type.
+    if type_ == "type" and isinstance(obj, UTCDateTime):
+        autogen_context.imports.add("from sqlalchemy.dialects import mysql")
+        return (
+            'sa.DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql")'
+            '.with_variant(mysql.DATETIME(fsp=6), "mariadb")'
+        )
+    return False
+
+
 def _run(connection) -> None:  # type: ignore[no-untyped-def]
     # render_as_batch: SQLite cannot ALTER most things; batch mode copies the table instead.
     context.configure(
@@ -44,6 +55,7 @@ def _run(connection) -> None:  # type: ignore[no-untyped-def]
         target_metadata=target_metadata,
         render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,
+        render_item=render_item,
     )
     with context.begin_transaction():
         context.run_migrations()

@@ -228,41 +228,15 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("refunds", schema=None) as batch_op:
-        batch_op.drop_index("ix_refunds_status_updated")
-        batch_op.drop_index("ix_refunds_payment")
-
+    # Dropping a table drops its indexes; dropping an index first fails on MySQL when a
+    # foreign key needs it. Children before parents.
     op.drop_table("refunds")
-    with op.batch_alter_table("api_keys", schema=None) as batch_op:
-        batch_op.drop_index("ix_api_keys_client")
-
     op.drop_table("api_keys")
-    with op.batch_alter_table("withdrawal_requests", schema=None) as batch_op:
-        batch_op.drop_index("ix_withdrawal_requests_user_created")
-        batch_op.drop_index("ix_withdrawal_requests_status_updated")
-
     op.drop_table("withdrawal_requests")
-    with op.batch_alter_table("payments", schema=None) as batch_op:
-        batch_op.drop_index("ix_payments_user_created")
-        batch_op.drop_index("ix_payments_status_updated")
-        batch_op.drop_index("ix_payments_status_expires")
-
     op.drop_table("payments")
-    with op.batch_alter_table("payment_methods", schema=None) as batch_op:
-        batch_op.drop_index("ix_payment_methods_user_deleted")
-
     op.drop_table("payment_methods")
-    with op.batch_alter_table("outbox_events", schema=None) as batch_op:
-        batch_op.drop_index("ix_outbox_events_published_id")
-
     op.drop_table("outbox_events")
-    with op.batch_alter_table("idempotency_keys", schema=None) as batch_op:
-        batch_op.drop_index("ix_idempotency_keys_expires")
-
     op.drop_table("idempotency_keys")
-    with op.batch_alter_table("gateway_events", schema=None) as batch_op:
-        batch_op.drop_index("ix_gateway_events_status_next")
-
     op.drop_table("gateway_events")
     op.drop_table("gateway_customers")
     op.drop_table("api_clients")
