@@ -1,0 +1,72 @@
+"""`payment-service serve` and `payment-service dev` come up and answer as the contract says."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import requests
+
+from payment_service.gateways.sandbox.server import free_port
+from tests.support.processes import VENV_BIN, ServiceProcess
+
+
+def _assert_problem(resp: requests.Response, status: int, code: str) -> None:
+    assert resp.status_code == status, resp.text
+    assert resp.headers["Content-Type"] == "application/problem+json"
+    body = resp.json()
+    assert body["code"] == code and body["status"] == status
+    assert "Traceback" not in resp.text
+
+
+def test_serve_is_ready_with_database_and_broker(api_url: str) -> None:
+    resp = requests.get(api_url + "/readyz", timeout=10)
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["checks"] == {"database": "ok", "broker": "ok"}
+    assert resp.headers["X-Request-Id"]
+
+
+def test_serve_answers_problems(api_url: str) -> None:
+    _assert_problem(requests.get(api_url + "/no/such/route", timeout=10), 404, "not_found")
+    _assert_problem(requests.put(api_url + "/healthz", timeout=10), 405, "method_not_allowed")
+
+
+def test_serve_metrics_and_openapi(api_url: str) -> None:
+    assert "http_requests_total" in requests.get(api_url + "/metrics", timeout=10).text
+    doc = requests.get(api_url + "/openapi.json", timeout=10).json()
+    assert "/readyz" in doc["paths"]
+    assert requests.get(api_url + "/docs", timeout=10).status_code == 200
+
+
+def test_readyz_names_the_broker_when_it_is_down(api_env: dict[str, str], tmp_path: Path) -> None:
+    port = free_port()
+    env = {**api_env, "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}"}  # nothing listens there
+    proc = ServiceProcess(
+        [str(VENV_BIN / "payment-service"), "serve", "--bind", f"127.0.0.1:{port}", "--workers", "1"],
+        env, tmp_path, tmp_path / "serve.log",
+    )
+    try:
+        resp = proc.wait_http(f"http://127.0.0.1:{port}/readyz", status=503)
+        body = resp.json()
+        assert [e["field"] for e in body["errors"]] == ["broker"]
+        assert body["checks"]["database"] == "ok"
+    finally:
+        proc.stop()
+
+
+def test_dev_brings_everything_up(tmp_path: Path) -> None:
+    api_port, sandbox_port, broker_port = free_port(), free_port(), free_port()
+    proc = ServiceProcess(
+        [str(VENV_BIN / "payment-service"), "dev", "--port", str(api_port), "--sandbox-port", str(sandbox_port),
+         "--broker-port", str(broker_port)],
+        {}, tmp_path, tmp_path / "dev.log",
+    )
+    try:
+        resp = proc.wait_http(f"http://127.0.0.1:{api_port}/readyz", timeout=90)
+        assert resp.json()["checks"] == {"database": "ok", "broker": "ok"}
+        assert (tmp_path / "instance" / "payment-service.sqlite3").exists()
+        assert requests.get(f"http://127.0.0.1:{sandbox_port}/", timeout=5).status_code == 200
+        out = proc.output()
+        assert f"127.0.0.1:{broker_port}" in out and "demo user token" in out
+    finally:
+        assert proc.stop() == 0
+    assert "stopped" in proc.output()
