@@ -39,8 +39,29 @@ class Container:
     settings: Settings
     engine: Engine
     session_factory: sessionmaker[Session]
+    # Tests put fakes here; otherwise the real adapters are built from settings on first use.
+    gateway_overrides: dict[str, Any] | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _cache: dict[str, Any] = field(default_factory=dict)
+
+    def uow_factory(self) -> Any:
+        from .adapters.unit_of_work import SqlAlchemyUnitOfWork
+
+        return SqlAlchemyUnitOfWork(self.session_factory)
+
+    def gateways(self) -> dict[str, Any]:
+        if self.gateway_overrides is not None:
+            return self.gateway_overrides
+        return self.cached("gateways", lambda: build_gateways(self.settings))
+
+    def payment_settings(self) -> Any:
+        from .services.payments import PaymentSettings
+        from .services.risk import RiskRules
+
+        return self.cached(
+            "payment_settings",
+            lambda: PaymentSettings(RiskRules.from_settings(self.settings), self.settings.PENDING_3DS_TTL_SECONDS),
+        )
 
     def cached(self, name: str, build: Any) -> Any:
         with self._lock:
@@ -60,6 +81,28 @@ class Container:
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+def build_gateways(settings: Settings) -> dict[str, Any]:
+    from .gateways.razorpay_gateway import RazorpayGateway
+    from .gateways.stripe_gateway import StripeGateway
+
+    return {
+        "stripe": StripeGateway(
+            api_key=settings.STRIPE_API_KEY,
+            webhook_secret=settings.STRIPE_WEBHOOK_SECRET,
+            api_base=settings.STRIPE_API_BASE,
+            timeout=settings.GATEWAY_TIMEOUT_SECONDS,
+        ),
+        "razorpay": RazorpayGateway(
+            key_id=settings.RAZORPAY_KEY_ID,
+            key_secret=settings.RAZORPAY_KEY_SECRET,
+            webhook_secret=settings.RAZORPAY_WEBHOOK_SECRET,
+            api_base=settings.RAZORPAY_API_BASE,
+            payout_account_number=settings.RAZORPAYX_ACCOUNT_NUMBER,
+            timeout=settings.GATEWAY_TIMEOUT_SECONDS,
+        ),
+    }
 
 
 def bootstrap(settings: Settings) -> Container:

@@ -8,6 +8,8 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -195,6 +197,116 @@ def _demo_token(settings: Any) -> str:
     if settings.JWT_ISSUER:
         claims["iss"] = settings.JWT_ISSUER
     return jwt.encode(claims, settings.JWT_SECRET, algorithm="HS256")
+
+
+
+# --- clients: service clients and their API keys ---------------------------------------
+
+
+@contextmanager
+def _api_clients() -> Iterator[Any]:
+    """A repository in one transaction on DATABASE_URL: committed if the command succeeds."""
+    from sqlalchemy.orm import Session
+
+    from .adapters.api_clients import SqlAlchemyApiClientRepository
+    from .bootstrap import make_engine
+    from .domain.errors import DomainError
+
+    engine = make_engine(load_settings().DATABASE_URL)
+    try:
+        with Session(engine) as session, session.begin():
+            yield SqlAlchemyApiClientRepository(session)
+    except DomainError as exc:
+        raise click.ClickException(exc.detail) from None
+    finally:
+        engine.dispose()
+
+
+def _echo_issued(issued: Any, what: str) -> None:
+    click.echo(f"{what} for client {issued.client_name} ({issued.client_id}); key prefix {issued.prefix}")
+    click.echo("API key (shown once, store it now; only its hash is kept):")
+    click.echo(issued.key)
+
+
+@main.group()
+def clients() -> None:
+    """Service clients (X-API-Key callers): create, rotate keys, revoke, disable, list."""
+
+
+@clients.command("create")
+@click.argument("name")
+@click.option("--scope", "scopes", multiple=True, required=True, help="payments:read, payments:refund, "
+              "withdrawals:write or withdrawals:read; repeat for several")
+def clients_create(name: str, scopes: tuple[str, ...]) -> None:
+    """Create client NAME with its first API key (printed once)."""
+    with _api_clients() as repo:
+        issued = repo.create_client(name, scopes)
+    _echo_issued(issued, "created")
+
+
+@clients.command("rotate")
+@click.argument("name")
+@click.option("--expire-old-in", type=click.IntRange(min=0), default=None, metavar="SECONDS",
+              help="older keys stop working after SECONDS (default: they stay valid until revoked)")
+def clients_rotate(name: str, expire_old_in: int | None) -> None:
+    """Issue a new API key for NAME; both work until the old ones expire or are revoked."""
+    with _api_clients() as repo:
+        issued = repo.rotate(name, expire_old_in)
+    _echo_issued(issued, "new key")
+    if expire_old_in is not None:
+        click.echo(f"older keys expire in {expire_old_in} s")
+
+
+@clients.command("revoke")
+@click.argument("name")
+@click.option("--key-prefix", default=None, help="revoke only this key (its prefix, as `clients list` shows)")
+def clients_revoke(name: str, key_prefix: str | None) -> None:
+    """Revoke one key of NAME, or all of its keys."""
+    with _api_clients() as repo:
+        count = repo.revoke(name, key_prefix)
+    click.echo(f"revoked {count} key(s) of client {name}")
+
+
+@clients.command("disable")
+@click.argument("name")
+def clients_disable(name: str) -> None:
+    """Disable client NAME: none of its keys authenticate any more."""
+    with _api_clients() as repo:
+        changed = repo.disable(name)
+    click.echo(f"client {name} {'disabled' if changed else 'was already disabled'}")
+
+
+@clients.command("list")
+def clients_list() -> None:
+    """Clients, scopes and key prefixes with their dates (never a key or a hash)."""
+    from .domain.events import rfc3339, utcnow
+
+    with _api_clients() as repo:
+        infos = repo.list_clients()
+    now = utcnow()
+
+    def when(dt: Any) -> str:
+        return rfc3339(dt) if dt is not None else "-"
+
+    header = ("CLIENT", "ID", "STATUS", "SCOPES", "KEY", "KEY STATUS", "CREATED", "EXPIRES", "REVOKED")
+    rows: list[tuple[str, ...]] = []
+    for c in infos:
+        status = "disabled" if c.disabled_at is not None else "active"
+        scopes = ",".join(sorted(c.scopes))
+        if not c.keys:
+            rows.append((c.name, c.id, status, scopes, "-", "-", "-", "-", "-"))
+        for k in c.keys:
+            rows.append((c.name, c.id, status, scopes, k.prefix, k.status(now),
+                         when(k.created_at), when(k.expires_at), when(k.revoked_at)))
+    if not rows:
+        click.echo("no clients")
+        return
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for r in [header, *rows]:
+        click.echo("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
+
+
+# --- end clients ---------------------------------------------------------------------------
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from config import Settings, load_settings
 
 from ..bootstrap import Container, bootstrap
 from ..observability import configure_logging, request_id_var
-from . import errors, health, openapi, parsing
+from . import auth, errors, health, openapi, parsing, payment_methods, payments, ratelimit
 
 logger = logging.getLogger(__name__)
 
@@ -76,10 +76,17 @@ def create_app(settings: Settings | None = None, container: Container | None = N
     app.extensions["payment_service"] = container or bootstrap(settings)
 
     app.before_request(_begin_request)
+    # --- auth and rate limits ---
+    # Order matters: identify() sets g.principal, which the limiter's before_request keys on.
+    auth.init_app(app, settings)
+    ratelimit.init_app(app, settings)
+    # --- end auth and rate limits ---
     app.before_request(_guard_json_body)
     app.after_request(_finish_request)
     app.teardown_request(_teardown)
     errors.register_error_handlers(app)
     app.register_blueprint(health.bp)
     app.register_blueprint(openapi.bp)
+    app.register_blueprint(payments.bp)
+    app.register_blueprint(payment_methods.bp)
     return app

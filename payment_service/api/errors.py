@@ -19,6 +19,8 @@ _DOMAIN_STATUS: list[tuple[type[domain_errors.DomainError], int]] = [
     (domain_errors.CardDataNotAccepted, 422),
     (domain_errors.RefundExceedsCaptured, 422),
     (domain_errors.PaymentNotRefundable, 422),
+    (domain_errors.Unauthorized, 401),
+    (domain_errors.Forbidden, 403),  # and InsufficientScope
     (domain_errors.NotFound, 404),
     (domain_errors.Conflict, 409),
     (domain_errors.GatewayUnavailable, 503),

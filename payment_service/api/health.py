@@ -88,7 +88,7 @@ def metrics() -> Response:
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # Under gunicorn with several workers each keeps its own counters; aggregate them here.
         registry = CollectorRegistry()
-        prom_multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        prom_multiprocess.MultiProcessCollector(registry)
         data = generate_latest(registry)
     else:
         data = generate_latest()

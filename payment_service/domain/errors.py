@@ -30,6 +30,27 @@ class NotFound(DomainError):
     title = "Not found"
 
 
+class Unauthorized(DomainError):
+    """No credential, or one that is missing, malformed, expired or unknown (401)."""
+
+    code = "unauthorized"
+    title = "Authentication required"
+
+
+class Forbidden(DomainError):
+    """A valid caller of the wrong kind for this endpoint, e.g. a service client on a user-only route (403)."""
+
+    code = "forbidden"
+    title = "Forbidden"
+
+
+class InsufficientScope(Forbidden):
+    """A service client without the scope the endpoint needs, or a user on a service-only route (403)."""
+
+    code = "insufficient_scope"
+    title = "Insufficient scope"
+
+
 class Conflict(DomainError):
     code = "conflict"
     title = "Conflict"

@@ -68,6 +68,8 @@ class ChargeRequest:
     customer_email: str | None = None
     customer_contact: str | None = None
     metadata: Mapping[str, str] = field(default_factory=dict)
+    # Ask the issuer to authenticate even if it would not (the fraud pre-check's step-up).
+    request_three_d_secure: bool = False
 
 
 @dataclass(frozen=True)

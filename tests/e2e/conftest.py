@@ -2,39 +2,74 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import jwt
 import pytest
 
+from config.settings import DEV_JWT_SECRET
 from payment_service.adapters import migrate
-from payment_service.gateways.sandbox.server import free_port
+from payment_service.gateways.sandbox.core import SandboxConfig
+from payment_service.gateways.sandbox.server import SandboxServer, free_port
 from tests.support.processes import VENV_BIN, ServiceProcess
 
 REPO = Path(__file__).resolve().parents[2]
 
 
+@pytest.fixture(scope="session")
+def e2e_sandbox() -> Iterator[SandboxServer]:
+    """The gateway sandbox the API under test talks to, in this process so tests can inspect it."""
+    with SandboxServer(SandboxConfig(webhook_backoff_seconds=0.05)) as server:
+        yield server
+
+
 @pytest.fixture(scope="module")
-def api_env(fresh_database_url: str, kafka_bootstrap: str) -> dict[str, str]:
+def api_env(fresh_database_url: str, kafka_bootstrap: str, e2e_sandbox: SandboxServer) -> dict[str, str]:
     migrate.upgrade(fresh_database_url)
     return {
         "DATABASE_URL": fresh_database_url,
         "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+        "STRIPE_API_BASE": e2e_sandbox.stripe_api_base,
+        "RAZORPAY_API_BASE": e2e_sandbox.razorpay_api_base,
+        "STRIPE_WEBHOOK_SECRET": e2e_sandbox.config.stripe_webhook_secret,
+        "RAZORPAY_WEBHOOK_SECRET": e2e_sandbox.config.razorpay_webhook_secret,
         "LOG_LEVEL": "INFO",
+        # High enough that only the rate-limit test, which sets its own, ever meets it.
+        "RATE_LIMIT_USER": "100000/minute",
+        "RATE_LIMIT_CLIENT": "100000/minute",
+        "RISK_VELOCITY_MAX_ATTEMPTS": "1000",
+        "RISK_VELOCITY_MAX_AMOUNT": "100000000000",
     }
+
+
+def start_api(env: dict[str, str], log_dir: Path, workers: int = 2) -> tuple[ServiceProcess, str]:
+    port = free_port()
+    proc = ServiceProcess(
+        [str(VENV_BIN / "payment-service"), "serve", "--bind", f"127.0.0.1:{port}", "--workers", str(workers)],
+        env, REPO, log_dir / f"serve-{port}.log",
+    )
+    url = f"http://127.0.0.1:{port}"
+    proc.wait_http(url + "/healthz")
+    return proc, url
 
 
 @pytest.fixture(scope="module")
 def api_url(api_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = free_port()
-    log = tmp_path_factory.mktemp("serve") / "serve.log"
-    proc = ServiceProcess(
-        [str(VENV_BIN / "payment-service"), "serve", "--bind", f"127.0.0.1:{port}", "--workers", "2"],
-        api_env, REPO, log,
-    )
-    url = f"http://127.0.0.1:{port}"
+    proc, url = start_api(api_env, tmp_path_factory.mktemp("serve"))
     try:
-        proc.wait_http(url + "/healthz")
         yield url
     finally:
         proc.stop()
+
+
+def user_token(sub: str, *, exp_in: int = 3600, aud: str = "payment-service", secret: str = DEV_JWT_SECRET) -> str:
+    return jwt.encode({"sub": sub, "aud": aud, "exp": int(time.time()) + exp_in}, secret, algorithm="HS256")
+
+
+def user_headers(sub: str, key: str | None = None) -> dict[str, str]:
+    headers = {"Authorization": f"Bearer {user_token(sub)}"}
+    if key is not None:
+        headers["Idempotency-Key"] = key
+    return headers

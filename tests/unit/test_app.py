@@ -82,7 +82,9 @@ def test_readyz_names_the_failing_part(client) -> None:
     # The SQLite file exists but has never been migrated.
     resp = client.get("/readyz")
     body = assert_problem(resp, 503, "not_ready")
-    assert body["errors"] == [{"field": "database", "message": "migrations not at head (run `payment-service db upgrade`)"}]
+    assert body["errors"] == [
+        {"field": "database", "message": "migrations not at head (run `payment-service db upgrade`)"}
+    ]
     assert resp.headers["Retry-After"]
 
 

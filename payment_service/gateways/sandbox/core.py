@@ -17,8 +17,9 @@ import re
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import requests
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
@@ -271,7 +272,8 @@ class WebhookDispatcher:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with self.lock:
-                pending = [d for d in self.log if not d.dropped and not d.delivered and d.attempts < self.config.webhook_max_attempts]
+                limit = self.config.webhook_max_attempts
+                pending = [d for d in self.log if not d.dropped and not d.delivered and d.attempts < limit]
             if not pending:
                 return True
             time.sleep(0.05)
@@ -461,7 +463,8 @@ CHALLENGE_PAGE = """<!doctype html>
 .ok{{background:#1a7f37;color:#fff;border:0}} .fail{{background:#cf222e;color:#fff;border:0}}</style></head>
 <body><h1>{gateway} test 3-D Secure</h1>
 <p>This is the gateway sandbox's test authentication page. No real bank is involved.</p>
-<p class="amount" id="amount">{amount}</p><p>Card ending <b id="last4">{last4}</b> &middot; ref <code>{payment_id}</code></p>
+<p class="amount" id="amount">{amount}</p>
+<p>Card ending <b id="last4">{last4}</b> &middot; ref <code>{payment_id}</code></p>
 <form method="post" action="{action}">
 <button class="ok" type="submit" name="result" value="approve" id="approve">Complete authentication</button>
 <button class="fail" type="submit" name="result" value="fail" id="fail">Fail authentication</button>

@@ -1,0 +1,278 @@
+"""SQLAlchemy repositories: rows in, domain dataclasses out. Status changes are guarded UPDATEs."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any, TypeVar
+
+from sqlalchemy import and_, case, delete, func, insert, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from ..domain.events import Event
+from ..domain.payments import IdempotencyRecord, Page, PageCursor, Payment, PaymentMethod, Refund, field_names
+from ..services import unit_of_work as abstract
+from .orm import (
+    Base,
+    GatewayCustomerRow,
+    IdempotencyKeyRow,
+    OutboxEventRow,
+    PaymentMethodRow,
+    PaymentRow,
+    RefundRow,
+)
+from .outbox import serialize_event
+
+T = TypeVar("T")
+
+
+def to_domain(cls: type[T], row: Any) -> T:
+    return cls(**{name: getattr(row, name) for name in field_names(cls)})
+
+
+def to_row_values(obj: Any, row_cls: type[Base]) -> dict[str, Any]:
+    columns = set(row_cls.__table__.columns.keys())
+    return {k: v for k, v in vars(obj).items() if k in columns}
+
+
+def encode_cursor(cursor: PageCursor) -> str:
+    raw = f"{cursor.created_at.isoformat()}|{cursor.id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(text: str) -> PageCursor:
+    """Raises ValueError for anything that is not a cursor we issued."""
+    raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode()
+    created, _, pid = raw.partition("|")
+    if not pid:
+        raise ValueError("bad cursor")
+    return PageCursor(datetime.fromisoformat(created), pid)
+
+
+class SqlPaymentRepository(abstract.PaymentRepository):
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def add(self, payment: Payment) -> None:
+        self.session.execute(insert(PaymentRow).values(**to_row_values(payment, PaymentRow)))
+
+    def get(self, payment_id: str, *, for_update: bool = False) -> Payment | None:
+        stmt = select(PaymentRow).where(PaymentRow.id == payment_id)
+        if for_update:
+            stmt = stmt.with_for_update()
+        row = self.session.execute(stmt).scalar_one_or_none()
+        if row is None:
+            return None
+        # Rows are read fresh each time: the session must not hand back a stale cached copy.
+        self.session.expunge(row)
+        return to_domain(Payment, row)
+
+    def transition(self, payment_id: str, new_status: str, allowed_from: Sequence[str], **changes: Any) -> bool:
+        # The guard is in the WHERE clause: of two paths racing to move the same payment, the
+        # database lets exactly one UPDATE match; the other sees rowcount 0 and does nothing.
+        result = self.session.execute(
+            update(PaymentRow)
+            .where(PaymentRow.id == payment_id, PaymentRow.status.in_([str(s) for s in allowed_from]))
+            .values(status=new_status, **changes)
+            .execution_options(synchronize_session=False)
+        )
+        return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+    def update(self, payment_id: str, **changes: Any) -> None:
+        self.session.execute(
+            update(PaymentRow)
+            .where(PaymentRow.id == payment_id)
+            .values(**changes)
+            .execution_options(synchronize_session=False)
+        )
+
+    def list_for_user(self, user_id: str | None, status: str | None, limit: int, cursor: PageCursor | None) -> Page:
+        stmt = select(PaymentRow)
+        if user_id is not None:
+            stmt = stmt.where(PaymentRow.user_id == user_id)
+        if status is not None:
+            stmt = stmt.where(PaymentRow.status == status)
+        if cursor is not None:
+            stmt = stmt.where(
+                or_(
+                    PaymentRow.created_at < cursor.created_at,
+                    and_(PaymentRow.created_at == cursor.created_at, PaymentRow.id < cursor.id),
+                )
+            )
+        stmt = stmt.order_by(PaymentRow.created_at.desc(), PaymentRow.id.desc()).limit(limit + 1)
+        rows = self.session.execute(stmt).scalars().all()
+        items = [to_domain(Payment, r) for r in rows[:limit]]
+        next_cursor = PageCursor(items[-1].created_at, items[-1].id) if len(rows) > limit else None
+        return Page(items, next_cursor)
+
+    def velocity(self, user_id: str, since: datetime) -> tuple[int, int]:
+        attempts, amount = self.session.execute(
+            select(
+                func.count(PaymentRow.id),
+                # Only money that moved or may still move counts towards the amount limit.
+                func.coalesce(
+                    func.sum(
+                        case(
+                            (PaymentRow.status.in_(["CAPTURED", "PENDING", "PENDING_3DS"]), PaymentRow.amount), else_=0
+                        )
+                    ),
+                    0,
+                ),
+            ).where(PaymentRow.user_id == user_id, PaymentRow.created_at >= since)
+        ).one()
+        return int(attempts), int(amount)
+
+    def device_seen(self, user_id: str, device_id: str) -> bool:
+        row = self.session.execute(
+            select(PaymentRow.id)
+            .where(PaymentRow.user_id == user_id, PaymentRow.device_id == device_id, PaymentRow.status == "CAPTURED")
+            .limit(1)
+        ).first()
+        return row is not None
+
+    def find_by_gateway_id(self, gateway: str, gateway_payment_id: str) -> Payment | None:
+        row = self.session.execute(
+            select(PaymentRow).where(PaymentRow.gateway == gateway, PaymentRow.gateway_payment_id == gateway_payment_id)
+        ).scalar_one_or_none()
+        return None if row is None else to_domain(Payment, row)
+
+
+class SqlPaymentMethodRepository(abstract.PaymentMethodRepository):
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def add(self, method: PaymentMethod) -> None:
+        self.session.execute(insert(PaymentMethodRow).values(**to_row_values(method, PaymentMethodRow)))
+
+    def get(self, method_id: str) -> PaymentMethod | None:
+        stmt = select(PaymentMethodRow).where(PaymentMethodRow.id == method_id)
+        row = self.session.execute(stmt).scalar_one_or_none()
+        return None if row is None else to_domain(PaymentMethod, row)
+
+    def list_active(self, user_id: str) -> list[PaymentMethod]:
+        rows = self.session.execute(
+            select(PaymentMethodRow)
+            .where(PaymentMethodRow.user_id == user_id, PaymentMethodRow.deleted_at.is_(None))
+            .order_by(PaymentMethodRow.created_at.desc(), PaymentMethodRow.id.desc())
+        ).scalars()
+        return [to_domain(PaymentMethod, r) for r in rows]
+
+    def soft_delete(self, method_id: str, at: datetime) -> bool:
+        result = self.session.execute(
+            update(PaymentMethodRow)
+            .where(PaymentMethodRow.id == method_id, PaymentMethodRow.deleted_at.is_(None))
+            .values(deleted_at=at)
+        )
+        return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+
+class SqlCustomerRepository(abstract.CustomerRepository):
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def get(self, user_id: str, gateway: str) -> str | None:
+        return self.session.execute(
+            select(GatewayCustomerRow.customer_ref).where(
+                GatewayCustomerRow.user_id == user_id, GatewayCustomerRow.gateway == gateway
+            )
+        ).scalar_one_or_none()
+
+    def add(self, user_id: str, gateway: str, customer_ref: str, at: datetime) -> str:
+        try:
+            with self.session.begin_nested():
+                self.session.execute(
+                    insert(GatewayCustomerRow).values(
+                        user_id=user_id, gateway=gateway, customer_ref=customer_ref, created_at=at
+                    )
+                )
+        except IntegrityError:
+            existing = self.get(user_id, gateway)
+            assert existing is not None
+            return existing
+        return customer_ref
+
+
+class SqlRefundRepository(abstract.RefundRepository):
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def add(self, refund: Refund) -> None:
+        self.session.execute(insert(RefundRow).values(**to_row_values(refund, RefundRow)))
+
+    def get(self, refund_id: str) -> Refund | None:
+        row = self.session.execute(select(RefundRow).where(RefundRow.id == refund_id)).scalar_one_or_none()
+        return None if row is None else to_domain(Refund, row)
+
+
+class SqlIdempotencyRepository(abstract.IdempotencyRepository):
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def insert(self, record: IdempotencyRecord) -> bool:
+        values = {k: v for k, v in vars(record).items() if k != "id"}
+        try:
+            with self.session.begin_nested():
+                result = self.session.execute(insert(IdempotencyKeyRow).values(**values))
+        except IntegrityError:
+            return False
+        record.id = int(result.inserted_primary_key[0])  # type: ignore[attr-defined]
+        return True
+
+    def get(self, caller: str, key: str) -> IdempotencyRecord | None:
+        row = self.session.execute(
+            select(IdempotencyKeyRow).where(IdempotencyKeyRow.caller == caller, IdempotencyKeyRow.key == key)
+        ).scalar_one_or_none()
+        return None if row is None else to_domain(IdempotencyRecord, row)
+
+    def take_over(self, record_id: int, now: datetime, locked_until: datetime) -> bool:
+        result = self.session.execute(
+            update(IdempotencyKeyRow)
+            .where(
+                IdempotencyKeyRow.id == record_id,
+                IdempotencyKeyRow.status == "IN_PROGRESS",
+                or_(IdempotencyKeyRow.locked_until.is_(None), IdempotencyKeyRow.locked_until < now),
+            )
+            .values(locked_until=locked_until)
+        )
+        return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+    def complete(self, record_id: int, status: int, body: str, resource_id: str | None) -> None:
+        self.session.execute(
+            update(IdempotencyKeyRow)
+            .where(IdempotencyKeyRow.id == record_id)
+            .values(
+                status="COMPLETED",
+                response_status=status,
+                response_body=body,
+                resource_id=resource_id,
+                locked_until=None,
+            )
+        )
+
+    def release(self, record_id: int) -> None:
+        self.session.execute(
+            update(IdempotencyKeyRow).where(IdempotencyKeyRow.id == record_id).values(locked_until=None)
+        )
+
+    def delete(self, record_id: int) -> None:
+        self.session.execute(delete(IdempotencyKeyRow).where(IdempotencyKeyRow.id == record_id))
+
+
+class SqlOutboxRepository(abstract.OutboxRepository):
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def add(self, event: Event) -> None:
+        self.session.execute(
+            insert(OutboxEventRow).values(
+                event_id=event.id,
+                event_type=event.type.value,
+                subject=event.subject,
+                user_id=event.user_id,
+                payload=serialize_event(event),
+                created_at=event.time,
+                published_at=None,
+            )
+        )

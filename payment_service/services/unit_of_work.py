@@ -1,0 +1,126 @@
+"""The unit of work and the repositories the services need, as abstractions (cosmicpython).
+
+`with uow:` opens a transaction; leaving the block rolls back unless `uow.commit()` was called.
+Gateway calls happen between units of work, never inside one (DESIGN.md rule 2).
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from ..domain.events import Event
+from ..domain.payments import IdempotencyRecord, Page, PageCursor, Payment, PaymentMethod, Refund
+
+
+class PaymentRepository(abc.ABC):
+    @abc.abstractmethod
+    def add(self, payment: Payment) -> None: ...
+
+    @abc.abstractmethod
+    def get(self, payment_id: str, *, for_update: bool = False) -> Payment | None: ...
+
+    @abc.abstractmethod
+    def transition(self, payment_id: str, new_status: str, allowed_from: Sequence[str], **changes: Any) -> bool:
+        """Move one payment if, and only if, its status is still one of `allowed_from`; True if it moved."""
+
+    @abc.abstractmethod
+    def update(self, payment_id: str, **changes: Any) -> None:
+        """Change fields that are not the status (e.g. the gateway id of a PENDING payment)."""
+
+    @abc.abstractmethod
+    def list_for_user(self, user_id: str | None, status: str | None, limit: int, cursor: PageCursor | None) -> Page: ...
+
+    @abc.abstractmethod
+    def velocity(self, user_id: str, since: datetime) -> tuple[int, int]:
+        """(attempts, captured-or-pending amount) of the user's payments created since `since`."""
+
+    @abc.abstractmethod
+    def device_seen(self, user_id: str, device_id: str) -> bool:
+        """Whether this user has captured a payment from this device before."""
+
+    @abc.abstractmethod
+    def find_by_gateway_id(self, gateway: str, gateway_payment_id: str) -> Payment | None: ...
+
+
+class PaymentMethodRepository(abc.ABC):
+    @abc.abstractmethod
+    def add(self, method: PaymentMethod) -> None: ...
+
+    @abc.abstractmethod
+    def get(self, method_id: str) -> PaymentMethod | None: ...
+
+    @abc.abstractmethod
+    def list_active(self, user_id: str) -> list[PaymentMethod]: ...
+
+    @abc.abstractmethod
+    def soft_delete(self, method_id: str, at: datetime) -> bool: ...
+
+
+class CustomerRepository(abc.ABC):
+    @abc.abstractmethod
+    def get(self, user_id: str, gateway: str) -> str | None: ...
+
+    @abc.abstractmethod
+    def add(self, user_id: str, gateway: str, customer_ref: str, at: datetime) -> str:
+        """Store the customer; if another request stored one first, return that one instead."""
+
+
+class RefundRepository(abc.ABC):
+    @abc.abstractmethod
+    def add(self, refund: Refund) -> None: ...
+
+    @abc.abstractmethod
+    def get(self, refund_id: str) -> Refund | None: ...
+
+
+class IdempotencyRepository(abc.ABC):
+    @abc.abstractmethod
+    def insert(self, record: IdempotencyRecord) -> bool:
+        """Insert a new IN_PROGRESS record; False if (caller, key) exists already."""
+
+    @abc.abstractmethod
+    def get(self, caller: str, key: str) -> IdempotencyRecord | None: ...
+
+    @abc.abstractmethod
+    def take_over(self, record_id: int, now: datetime, locked_until: datetime) -> bool:
+        """Lock a record whose previous holder is gone (lock expired or released); True if we got it."""
+
+    @abc.abstractmethod
+    def complete(self, record_id: int, status: int, body: str, resource_id: str | None) -> None: ...
+
+    @abc.abstractmethod
+    def release(self, record_id: int) -> None:
+        """Unlock without a stored response, so a retry with the same key runs again."""
+
+    @abc.abstractmethod
+    def delete(self, record_id: int) -> None: ...
+
+
+class OutboxRepository(abc.ABC):
+    @abc.abstractmethod
+    def add(self, event: Event) -> None:
+        """Write the event in the current transaction; it is published after commit by the relay."""
+
+
+class AbstractUnitOfWork(abc.ABC):
+    payments: PaymentRepository
+    payment_methods: PaymentMethodRepository
+    customers: CustomerRepository
+    refunds: RefundRepository
+    idempotency: IdempotencyRepository
+    outbox: OutboxRepository
+
+    def __enter__(self) -> AbstractUnitOfWork:
+        return self
+
+    def __exit__(self, *args: object) -> None:
+        self.rollback()
+
+    @abc.abstractmethod
+    def commit(self) -> None: ...
+
+    @abc.abstractmethod
+    def rollback(self) -> None: ...

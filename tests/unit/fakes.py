@@ -1,0 +1,264 @@
+"""In-memory fakes for fast service tests (cosmicpython's FakeRepository / FakeUnitOfWork)."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from payment_service.domain.events import Event
+from payment_service.domain.payments import IdempotencyRecord, Page, PageCursor, Payment, PaymentMethod, Refund
+from payment_service.gateways.base import (
+    CardDetails,
+    ChargeRequest,
+    ChargeResult,
+    ChargeStatus,
+    GatewayError,
+    GatewayUnavailableError,
+    SavedMethod,
+)
+from payment_service.services import unit_of_work as abstract
+
+
+class _Store:
+    """What a database would hold; shared by every FakeUnitOfWork of one test."""
+
+    def __init__(self) -> None:
+        self.payments: dict[str, Payment] = {}
+        self.methods: dict[str, PaymentMethod] = {}
+        self.customers: dict[tuple[str, str], str] = {}
+        self.refunds: dict[str, Refund] = {}
+        self.idem: dict[tuple[str, str], IdempotencyRecord] = {}
+        self.outbox: list[Event] = []
+        self.ids = itertools.count(1)
+
+
+class FakePayments(abstract.PaymentRepository):
+    def __init__(self, db: dict[str, Payment]) -> None:
+        self.db = db
+
+    def add(self, payment: Payment) -> None:
+        assert payment.id not in self.db
+        self.db[payment.id] = copy.deepcopy(payment)
+
+    def get(self, payment_id: str, *, for_update: bool = False) -> Payment | None:
+        p = self.db.get(payment_id)
+        return copy.deepcopy(p) if p else None
+
+    def transition(self, payment_id: str, new_status: str, allowed_from: Sequence[str], **changes: Any) -> bool:
+        p = self.db.get(payment_id)
+        if p is None or p.status not in allowed_from:
+            return False
+        self.db[payment_id] = Payment(**{**vars(p), **changes, "status": new_status})
+        return True
+
+    def update(self, payment_id: str, **changes: Any) -> None:
+        p = self.db[payment_id]
+        self.db[payment_id] = Payment(**{**vars(p), **changes})
+
+    def list_for_user(self, user_id, status, limit, cursor: PageCursor | None) -> Page:
+        rows = sorted(
+            (p for p in self.db.values() if (user_id is None or p.user_id == user_id)
+             and (status is None or p.status == status)),
+            key=lambda p: (p.created_at, p.id), reverse=True,
+        )
+        if cursor:
+            rows = [p for p in rows if (p.created_at, p.id) < (cursor.created_at, cursor.id)]
+        items = rows[:limit]
+        return Page(items, PageCursor(items[-1].created_at, items[-1].id) if len(rows) > limit else None)
+
+    def velocity(self, user_id: str, since: datetime) -> tuple[int, int]:
+        mine = [p for p in self.db.values() if p.user_id == user_id and p.created_at >= since]
+        return len(mine), sum(p.amount for p in mine if p.status in ("CAPTURED", "PENDING", "PENDING_3DS"))
+
+    def device_seen(self, user_id: str, device_id: str) -> bool:
+        return any(p.user_id == user_id and p.device_id == device_id and p.status == "CAPTURED"
+                   for p in self.db.values())
+
+    def find_by_gateway_id(self, gateway: str, gateway_payment_id: str) -> Payment | None:
+        return next((p for p in self.db.values() if p.gateway == gateway
+                     and p.gateway_payment_id == gateway_payment_id), None)
+
+
+class FakeMethods(abstract.PaymentMethodRepository):
+    def __init__(self, db: dict[str, PaymentMethod]) -> None:
+        self.db = db
+
+    def add(self, method: PaymentMethod) -> None:
+        self.db[method.id] = method
+
+    def get(self, method_id: str) -> PaymentMethod | None:
+        return self.db.get(method_id)
+
+    def list_active(self, user_id: str) -> list[PaymentMethod]:
+        return [m for m in self.db.values() if m.user_id == user_id and m.deleted_at is None]
+
+    def soft_delete(self, method_id: str, at: datetime) -> bool:
+        m = self.db.get(method_id)
+        if m is None or m.deleted_at is not None:
+            return False
+        m.deleted_at = at
+        return True
+
+
+class FakeCustomers(abstract.CustomerRepository):
+    def __init__(self, db: dict[tuple[str, str], str]) -> None:
+        self.db = db
+
+    def get(self, user_id: str, gateway: str) -> str | None:
+        return self.db.get((user_id, gateway))
+
+    def add(self, user_id: str, gateway: str, customer_ref: str, at: datetime) -> str:
+        return self.db.setdefault((user_id, gateway), customer_ref)
+
+
+class FakeRefunds(abstract.RefundRepository):
+    def __init__(self, db: dict[str, Refund]) -> None:
+        self.db = db
+
+    def add(self, refund: Refund) -> None:
+        self.db[refund.id] = refund
+
+    def get(self, refund_id: str) -> Refund | None:
+        return self.db.get(refund_id)
+
+
+class FakeIdempotency(abstract.IdempotencyRepository):
+    def __init__(self, store: _Store) -> None:
+        self.store = store
+
+    def insert(self, record: IdempotencyRecord) -> bool:
+        k = (record.caller, record.key)
+        if k in self.store.idem:
+            return False
+        record.id = next(self.store.ids)
+        self.store.idem[k] = copy.deepcopy(record)
+        return True
+
+    def get(self, caller: str, key: str) -> IdempotencyRecord | None:
+        r = self.store.idem.get((caller, key))
+        return copy.deepcopy(r) if r else None
+
+    def _by_id(self, record_id: int) -> IdempotencyRecord:
+        return next(r for r in self.store.idem.values() if r.id == record_id)
+
+    def take_over(self, record_id: int, now: datetime, locked_until: datetime) -> bool:
+        r = self._by_id(record_id)
+        if r.status != "IN_PROGRESS" or (r.locked_until is not None and r.locked_until >= now):
+            return False
+        r.locked_until = locked_until
+        return True
+
+    def complete(self, record_id: int, status: int, body: str, resource_id: str | None) -> None:
+        r = self._by_id(record_id)
+        r.status, r.response_status, r.response_body, r.locked_until = "COMPLETED", status, body, None
+
+    def release(self, record_id: int) -> None:
+        self._by_id(record_id).locked_until = None
+
+    def delete(self, record_id: int) -> None:
+        r = self._by_id(record_id)
+        del self.store.idem[(r.caller, r.key)]
+
+
+class FakeOutbox(abstract.OutboxRepository):
+    def __init__(self, pending: list[Event]) -> None:
+        self.pending = pending
+
+    def add(self, event: Event) -> None:
+        self.pending.append(event)
+
+
+class FakeUnitOfWork(abstract.AbstractUnitOfWork):
+    """Writes go to a private copy of the store and reach it only on commit()."""
+
+    def __init__(self, store: _Store) -> None:
+        self.store = store
+        self.committed = False
+
+    def __enter__(self) -> FakeUnitOfWork:
+        self._work = copy.deepcopy(
+            {"payments": self.store.payments, "methods": self.store.methods, "customers": self.store.customers,
+             "refunds": self.store.refunds}
+        )
+        self._outbox: list[Event] = []
+        self.payments = FakePayments(self._work["payments"])
+        self.payment_methods = FakeMethods(self._work["methods"])
+        self.customers = FakeCustomers(self._work["customers"])
+        self.refunds = FakeRefunds(self._work["refunds"])
+        self.idempotency = FakeIdempotency(self.store)  # keys commit at once; the services commit right away
+        self.outbox = FakeOutbox(self._outbox)
+        return self
+
+    def commit(self) -> None:
+        self.store.payments.clear()
+        self.store.payments.update(self._work["payments"])
+        self.store.methods.clear()
+        self.store.methods.update(self._work["methods"])
+        self.store.customers.clear()
+        self.store.customers.update(self._work["customers"])
+        self.store.refunds.clear()
+        self.store.refunds.update(self._work["refunds"])
+        self.store.outbox.extend(self._outbox)
+        self._outbox.clear()
+        self.committed = True
+
+    def rollback(self) -> None:
+        self._outbox.clear()
+
+
+def fake_uow_factory() -> tuple[Any, _Store]:
+    store = _Store()
+    return (lambda: FakeUnitOfWork(store)), store
+
+
+VISA = CardDetails("visa", "4242", 12, 2030, "US", "424242", "fp_visa")
+
+
+class FakeGateway:
+    """Answers by token like the gateways' test tokens; remembers results by idempotency key."""
+
+    name = "stripe"
+
+    def __init__(self) -> None:
+        self.charges: dict[str, ChargeRequest] = {}
+        self.results: dict[str, ChargeResult] = {}
+        self.calls: list[ChargeRequest] = []
+        self.unavailable = False
+        self.detached: list[str] = []
+
+    def charge(self, request: ChargeRequest) -> ChargeResult:
+        self.calls.append(request)
+        if self.unavailable:
+            raise GatewayUnavailableError("timeout")
+        if request.idempotency_key in self.results:
+            return self.results[request.idempotency_key]
+        gid = f"pi_{len(self.results) + 1}"
+        token = request.token
+        if token == "tok_invalid":
+            raise GatewayError("No such PaymentMethod", code="invalid_token")
+        if token.endswith("Declined"):
+            r = ChargeResult(ChargeStatus.FAILED, gid, failure_code="card_declined", failure_message="declined",
+                             card=VISA)
+        elif "threeDSecure" in token or request.request_three_d_secure:
+            r = ChargeResult(ChargeStatus.REQUIRES_ACTION, gid, redirect_url=f"http://sandbox/3ds/{gid}", card=VISA)
+        else:
+            r = ChargeResult(ChargeStatus.SUCCEEDED, gid, amount=request.amount, card=VISA)
+        self.charges[gid] = request
+        self.results[request.idempotency_key] = r
+        return r
+
+    def create_customer(self, user_id: str, *, idempotency_key: str) -> str:
+        return f"cus_{user_id}"
+
+    def attach_payment_method(self, customer_ref: str, token: str, *, idempotency_key: str) -> SavedMethod:
+        if token == "tok_invalid":
+            raise GatewayError("No such token", code="invalid_token")
+        return SavedMethod(f"pm_saved_{token}", customer_ref, VISA)
+
+    def detach_payment_method(self, saved: SavedMethod) -> None:
+        if self.unavailable:
+            raise GatewayUnavailableError("down")
+        self.detached.append(saved.token_ref)
