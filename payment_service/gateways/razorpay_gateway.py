@@ -321,6 +321,8 @@ class RazorpayGateway:
             body["customer_id"] = request.customer_ref
         if request.return_url:
             body["callback_url"] = request.return_url
+        if request.request_three_d_secure:
+            body["auth_type"] = "3ds"  # step-up asked for by the fraud pre-check
         if request.description:
             body["description"] = request.description
         if request.customer_email:

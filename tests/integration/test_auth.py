@@ -99,7 +99,7 @@ def _add_routes(app: Flask) -> Flask:
 
 
 def _make_app(db_url: str, **overrides: Any) -> Flask:
-    settings = {
+    settings: dict[str, Any] = {
         "DATABASE_URL": db_url,
         "TESTING": True,
         "READYZ_CHECK_BROKER": False,
@@ -406,15 +406,15 @@ def test_malformed_authorization_refused(client: Any) -> None:
 
 
 def test_credential_store_down_is_503_not_401(tmp_path: Any) -> None:
-    app = create_app(DATABASE_URL=f"sqlite:///{tmp_path}/never-migrated.sqlite3", TESTING=True, JWT_SECRET=SECRET)
+    # A database without the tables stands in for one that is down: the lookup raises a DBAPIError.
+    url = f"sqlite:///{tmp_path}/never-migrated.sqlite3"
+    app = _add_routes(create_app(DATABASE_URL=url, TESTING=True, READYZ_CHECK_BROKER=False, JWT_SECRET=SECRET))
+    headers = {"X-API-Key": "psk_" + "a" * 43}
     try:
-        resp = app.test_client().get("/openapi.json", headers={"X-API-Key": "psk_" + "a" * 43})
-        assert resp.status_code == 200  # exempt paths never look the key up
-        resp = app.test_client().get("/nope-but-routed-later", headers={"X-API-Key": "psk_" + "a" * 43})
-        assert resp.status_code == 404
-        _add_routes(app)
-        resp = app.test_client().get("/_test/any", headers={"X-API-Key": "psk_" + "a" * 43})
-        _assert_problem(resp, 503, "service_unavailable")
+        client = app.test_client()
+        assert client.get("/openapi.json", headers=headers).status_code == 200  # exempt: no lookup
+        _assert_problem(client.get("/nope", headers=headers), 404, "not_found")  # unrouted: no lookup
+        _assert_problem(client.get("/_test/any", headers=headers), 503, "service_unavailable")
     finally:
         app.extensions["payment_service"].close()
 

@@ -48,7 +48,9 @@ def test_display_prefix_is_short() -> None:
     assert api_keys.display_prefix(key).startswith("psk_")
 
 
-@pytest.mark.parametrize("value", ["", "psk_", "psk_short", "sk_" + "a" * 44, "psk_" + "a" * 42 + "!", "psk_" + "a" * 44])
+@pytest.mark.parametrize(
+    "value", ["", "psk_", "psk_short", "sk_" + "a" * 44, "psk_" + "a" * 42 + "!", "psk_" + "a" * 44]
+)
 def test_looks_like_key_rejects_other_shapes(value: str) -> None:
     assert not api_keys.looks_like_key(value)
 

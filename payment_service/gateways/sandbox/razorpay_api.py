@@ -522,6 +522,9 @@ def _create_payment(recurring: bool) -> Response:
         if customer_id is not None:
             _get(sb, str(customer_id), "customer")
         card, token = _resolve_card(sb, body)
+        outcome = card.outcome
+        if outcome == "success" and body.get("auth_type") == "3ds":
+            outcome = "3ds_success"  # authentication asked for explicitly (step-up): challenge a frictionless card
         payment = sb.store.put(
             {
                 "id": _rid("pay"),
@@ -558,7 +561,7 @@ def _create_payment(recurring: bool) -> Response:
                 "acquirer_data": {},
                 "created_at": _now(),
                 "_callback_url": body.get("callback_url"),
-                "_outcome": card.outcome,
+                "_outcome": outcome,
                 "_seq": time.monotonic_ns(),
             }
         )
@@ -568,8 +571,8 @@ def _create_payment(recurring: bool) -> Response:
             token["used_at"] = _now()
         signature = _sign(_key_secret(), f"{order_id}|{payment['id']}")
         payment["_signature"] = signature
-        if card.outcome in {"decline", "insufficient_funds"}:
-            reason = "payment_failed" if card.outcome == "decline" else "insufficient_funds"
+        if outcome in {"decline", "insufficient_funds"}:
+            reason = "payment_failed" if outcome == "decline" else "insufficient_funds"
             _fail_payment(sb, payment, reason)
             description, source, step = FAILURES[reason]
             raise RazorpayError(
@@ -580,7 +583,7 @@ def _create_payment(recurring: bool) -> Response:
                 metadata={"payment_id": payment["id"], "order_id": order_id},
             )
         result: dict[str, Any] = {"razorpay_payment_id": payment["id"]}
-        if card.outcome.startswith("3ds"):
+        if outcome.startswith("3ds"):
             url = f"{sb.config.public_url}/razorpay/3ds/{payment['id']}"
             result["next"] = [{"action": "redirect", "url": url}]
             return _json(result)

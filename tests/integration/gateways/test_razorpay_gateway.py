@@ -694,3 +694,11 @@ def test_queued_payout_cancelled(gateway: RazorpayGateway, sandbox: SandboxServe
     )
     assert resp.status_code == 200 and resp.json()["status"] == "cancelled"
     assert gateway.retrieve_payout(created.gateway_payout_id).status is PayoutStatus.FAILED
+
+
+def test_step_up_asks_for_3ds_on_a_frictionless_card(gateway: RazorpayGateway) -> None:
+    result = gateway.charge(charge_request("tok_rzp_success", request_three_d_secure=True))
+    assert result.status is ChargeStatus.REQUIRES_ACTION and result.redirect_url
+    requests.post(result.redirect_url, data={"result": "approve"}, timeout=5)
+    assert result.gateway_payment_id is not None
+    assert gateway.retrieve_charge(result.gateway_payment_id).status is ChargeStatus.SUCCEEDED

@@ -504,10 +504,17 @@ def test_injected_429_is_unavailable(gateway: StripeGateway, sandbox: SandboxSer
 def test_timeout_is_unavailable(sandbox: SandboxServer) -> None:
     gateway = StripeGateway(API_KEY, "whsec", api_base=sandbox.stripe_api_base, timeout=0.5)
     admin(sandbox, "POST", "/faults", json={"mode": "latency", "latency_ms": 1500, "path": "payment_intents"})
+    req = make_request()
     started = time.monotonic()
     with pytest.raises(GatewayUnavailableError):
-        gateway.charge(make_request())
+        gateway.charge(req)
     assert time.monotonic() - started < 1.4
+    # The sandbox still does the work after the client gave up: the outcome was unknown, not "failed".
+    deadline = time.monotonic() + 5
+    while not stripe_objects(sandbox, "payment_intent") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    found = gateway.find_charge(req.reference)
+    assert found is not None and found.status is ChargeStatus.SUCCEEDED
 
 
 def test_connection_refused_is_unavailable() -> None:
