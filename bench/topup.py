@@ -120,7 +120,8 @@ def raw_sql_topup(db: dict):
         # 1. claim the idempotency key
         cur.execute(
             "INSERT INTO idempotency_keys (caller, `key`, method, path, request_hash, status, created_at, "
-            "locked_until, expires_at, resource_id) VALUES (%s,%s,'POST','/payments/topup',%s,'IN_PROGRESS',%s,%s,%s,%s)",
+            "locked_until, expires_at, resource_id) "
+            "VALUES (%s,%s,'POST','/payments/topup',%s,'IN_PROGRESS',%s,%s,%s,%s)",
             (caller, key, "h" * 64, now, now + timedelta(seconds=60), now + timedelta(days=1), pid),
         )
         c.commit()

@@ -25,8 +25,12 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
             cur.close()
 
         return engine
-    kwargs.setdefault("pool_pre_ping", True)
-    kwargs.setdefault("pool_recycle", 1800)
+    # Round trips are most of a top-up's cost, so no ping on checkout and no reset on return:
+    # a Session always ends its transaction itself (commit, or rollback on close), and a
+    # connection that died is invalidated on first use, answered 503, and replaced.
+    kwargs.setdefault("pool_pre_ping", False)
+    kwargs.setdefault("pool_reset_on_return", None)
+    kwargs.setdefault("pool_recycle", 280)
     kwargs.setdefault("pool_size", 10)
     kwargs.setdefault("max_overflow", 20)
     # READ COMMITTED: guarded UPDATEs and row locks see the latest committed row, and no gap locks.

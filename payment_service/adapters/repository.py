@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import and_, case, delete, func, insert, or_, select, update
+from sqlalchemy import Table, and_, bindparam, case, delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -26,6 +26,19 @@ from .orm import (
 from .outbox import serialize_event
 
 T = TypeVar("T")
+
+
+# The hot path (a top-up) runs Core statements built once, with values bound per call: SQLAlchemy
+# then reuses their compiled form, instead of building and caching a new statement each time.
+_payments: Table = PaymentRow.__table__  # type: ignore[assignment]
+_idem: Table = IdempotencyKeyRow.__table__  # type: ignore[assignment]
+_outbox: Table = OutboxEventRow.__table__  # type: ignore[assignment]
+_INSERT_PAYMENT = insert(_payments)
+_SELECT_PAYMENT = select(_payments).where(_payments.c.id == bindparam("pid"))
+_SELECT_PAYMENT_FOR_UPDATE = _SELECT_PAYMENT.with_for_update()
+_INSERT_IDEM = insert(_idem)
+_INSERT_OUTBOX = insert(_outbox)
+_PAYMENT_FIELDS = field_names(Payment)
 
 
 def to_domain(cls: type[T], row: Any) -> T:
@@ -56,18 +69,15 @@ class SqlPaymentRepository(abstract.PaymentRepository):
         self.session = session
 
     def add(self, payment: Payment) -> None:
-        self.session.execute(insert(PaymentRow).values(**to_row_values(payment, PaymentRow)))
+        self.session.execute(_INSERT_PAYMENT, vars(payment))
 
     def get(self, payment_id: str, *, for_update: bool = False) -> Payment | None:
-        stmt = select(PaymentRow).where(PaymentRow.id == payment_id)
-        if for_update:
-            stmt = stmt.with_for_update()
-        row = self.session.execute(stmt).scalar_one_or_none()
+        # Core rows, not ORM objects: always read fresh, never a stale copy from the session.
+        stmt = _SELECT_PAYMENT_FOR_UPDATE if for_update else _SELECT_PAYMENT
+        row = self.session.execute(stmt, {"pid": payment_id}).mappings().one_or_none()
         if row is None:
             return None
-        # Rows are read fresh each time: the session must not hand back a stale cached copy.
-        self.session.expunge(row)
-        return to_domain(Payment, row)
+        return Payment(**{name: row[name] for name in _PAYMENT_FIELDS})
 
     def transition(self, payment_id: str, new_status: str, allowed_from: Sequence[str], **changes: Any) -> bool:
         # The guard is in the WHERE clause: of two paths racing to move the same payment, the
@@ -212,10 +222,12 @@ class SqlIdempotencyRepository(abstract.IdempotencyRepository):
 
     def insert(self, record: IdempotencyRecord) -> bool:
         values = {k: v for k, v in vars(record).items() if k != "id"}
+        # The claim is alone in its transaction (services/idempotency.py), so a duplicate just
+        # rolls it back; no SAVEPOINT round trips on the hot path.
         try:
-            with self.session.begin_nested():
-                result = self.session.execute(insert(IdempotencyKeyRow).values(**values))
+            result = self.session.execute(_INSERT_IDEM, values)
         except IntegrityError:
+            self.session.rollback()
             return False
         record.id = int(result.inserted_primary_key[0])  # type: ignore[attr-defined]
         return True
@@ -266,13 +278,14 @@ class SqlOutboxRepository(abstract.OutboxRepository):
 
     def add(self, event: Event) -> None:
         self.session.execute(
-            insert(OutboxEventRow).values(
-                event_id=event.id,
-                event_type=event.type.value,
-                subject=event.subject,
-                user_id=event.user_id,
-                payload=serialize_event(event),
-                created_at=event.time,
-                published_at=None,
-            )
+            _INSERT_OUTBOX,
+            {
+                "event_id": event.id,
+                "event_type": event.type.value,
+                "subject": event.subject,
+                "user_id": event.user_id,
+                "payload": serialize_event(event),
+                "created_at": event.time,
+                "published_at": None,
+            },
         )

@@ -6,6 +6,7 @@ import logging
 from typing import Any
 
 from flask import Flask, Response, json
+from sqlalchemy.exc import InterfaceError, OperationalError
 from werkzeug.exceptions import HTTPException
 
 from ..domain import errors as domain_errors
@@ -80,6 +81,13 @@ def _http_error(exc: HTTPException) -> Response:
     return problem(status, _HTTP_CODES.get(status, "http_error"), exc.name, detail, headers=headers)
 
 
+def _database_error(exc: Exception) -> Response:
+    # A lost or refused database connection: the pool has invalidated it, a retry gets a new one.
+    logger.error("database unavailable", extra={"error": type(exc).__name__})
+    return problem(503, "database_unavailable", "Service Unavailable", "the database is unavailable; retry later",
+                   headers={"Retry-After": "1"})
+
+
 def _unhandled(exc: Exception) -> Response:
     if isinstance(exc, HTTPException):
         return _http_error(exc)
@@ -91,4 +99,6 @@ def _unhandled(exc: Exception) -> Response:
 def register_error_handlers(app: Flask) -> None:
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(domain_errors.DomainError, domain_error_response)
+    app.register_error_handler(OperationalError, _database_error)
+    app.register_error_handler(InterfaceError, _database_error)
     app.register_error_handler(Exception, _unhandled)

@@ -5,13 +5,15 @@ from __future__ import annotations
 import logging
 import os
 import time
+from typing import Any
 
-from flask import Blueprint, Response, current_app, g, jsonify, request
+from flask import Blueprint, Response, current_app, g, has_app_context, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client import multiprocess as prom_multiprocess
 from sqlalchemy import text
 
 from ..adapters import migrate
+from ..worker.relay import install_outbox_collector, outbox_collector  # relay: outbox metrics
 from .context import container
 
 logger = logging.getLogger(__name__)
@@ -83,12 +85,28 @@ def readyz() -> tuple[Response, int]:
     return jsonify({"status": "ready", "checks": body}), 200
 
 
+# --- relay: outbox backlog metrics, read from the database at scrape time ---
+
+
+def _scrape_engine() -> Any:
+    return container().engine if has_app_context() else None
+
+
+install_outbox_collector("api", _scrape_engine)  # once per process: the registry refuses a second
+# --- end relay ---
+
+
 @bp.get("/metrics")
 def metrics() -> Response:
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # Under gunicorn with several workers each keeps its own counters; aggregate them here.
         registry = CollectorRegistry()
         prom_multiprocess.MultiProcessCollector(registry)
+        # --- relay ---
+        collector = outbox_collector()
+        if collector is not None:
+            registry.register(collector)
+        # --- end relay ---
         data = generate_latest(registry)
     else:
         data = generate_latest()

@@ -19,14 +19,24 @@ logger = logging.getLogger(__name__)
 
 
 def run_idempotent(
-    principal: Principal, resource_prefix: str, handler: Callable[[str], tuple[dict[str, Any], int]]
+    principal: Principal, resource_prefix: str, handler: Callable[[str, bool], tuple[dict[str, Any], int]]
 ) -> Response:
-    """`handler(resource_id)` does the work and returns (body, status); replays skip it entirely."""
+    """`handler(resource_id, resumed)` does the work and returns (body, status); replays skip it entirely.
+
+    `resumed` is True when an earlier attempt with the same key stopped half-way (crash, gateway
+    timeout): the handler must then look for the resource it may already have created.
+    """
     c = container()
     key = idempotency.validate_key(request.headers.get("Idempotency-Key"))
     fingerprint = idempotency.request_fingerprint(request.method, request.path, parsing.body())
     claim = idempotency.claim(
-        c.uow_factory, principal.caller_key, key, request.method, request.path, fingerprint, resource_prefix,
+        c.uow_factory,
+        principal.caller_key,
+        key,
+        request.method,
+        request.path,
+        fingerprint,
+        resource_prefix,
         c.settings.IDEMPOTENCY_KEY_TTL_SECONDS,
     )
     if claim.replay:
@@ -35,7 +45,7 @@ def run_idempotent(
         return resp
     assert claim.record.resource_id is not None
     try:
-        body, status = handler(claim.record.resource_id)
+        body, status = handler(claim.record.resource_id, claim.resumed)
     except (GatewayUnavailable, DependencyUnavailable):
         # Outcome unknown: keep the key and its resource id so a retry resumes the same record.
         idempotency.release(c.uow_factory, claim.record, forget=False)

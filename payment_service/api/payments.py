@@ -66,13 +66,13 @@ def topup() -> Response:
     req: TopUpRequest = parsing.validated(TopUpRequest)
     c = container()
 
-    def handle(payment_id: str) -> tuple[dict[str, Any], int]:
+    def handle(payment_id: str, resumed: bool) -> tuple[dict[str, Any], int]:
         payment = payment_service.top_up(
             payment_service.TopUp(
                 user_id=principal.id, amount=req.amount, currency=req.currency, payment_id=payment_id,
                 gateway=req.gateway, token=req.token, payment_method_id=req.payment_method_id,
                 return_url=req.return_url, device_id=req.device.id if req.device else None,
-                device_ip=(req.device.ip if req.device else None) or request.remote_addr,
+                device_ip=(req.device.ip if req.device else None) or request.remote_addr, resumed=resumed,
             ),
             c.uow_factory, c.gateways(), c.payment_settings(),
         )

@@ -10,8 +10,11 @@ from __future__ import annotations
 import re
 from typing import Any
 
-# A run of 13-19 digits, optionally separated by single spaces or dashes, not touching other digits.
-_CANDIDATE = re.compile(r"(?<![0-9])(?:[0-9][ -]?){12,18}[0-9](?![0-9])")
+# A run of 13-19 digits, optionally separated by single spaces or dashes, standing on its own:
+# not touching another letter or digit. Gateway and our own ids are alphanumeric strings in which
+# a long digit run can occur by chance (pi_3Mtw...); a PAN is written as a number of its own, so
+# requiring a boundary keeps ids from being taken for cards, which would block a captured payment.
+_CANDIDATE = re.compile(r"(?<![0-9A-Za-z])(?:[0-9][ -]?){12,18}[0-9](?![0-9A-Za-z])")
 
 
 def luhn_valid(digits: str) -> bool:

@@ -41,6 +41,7 @@ def validate_key(key: str | None) -> str:
 class Claim:
     record: IdempotencyRecord
     replay: bool  # True: a completed response exists, send it again
+    resumed: bool = False  # True: an earlier attempt with this key may have left work to resume
 
 
 def claim(
@@ -90,7 +91,7 @@ def claim(
             uow.commit()
         if not taken:
             raise IdempotencyKeyInUse("a request with this Idempotency-Key is still in progress; retry later")
-        return Claim(existing, replay=False)
+        return Claim(existing, replay=False, resumed=True)
     raise IdempotencyKeyInUse("a request with this Idempotency-Key is still in progress; retry later")
 
 

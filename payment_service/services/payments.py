@@ -49,6 +49,7 @@ class TopUp:
     return_url: str | None = None
     device_id: str | None = None
     device_ip: str | None = None
+    resumed: bool = True  # False only when the payment id is known to be brand new (saves a read)
 
 
 @dataclass(frozen=True)
@@ -113,13 +114,14 @@ def apply_charge_result(
     card_changes: dict[str, object] = {}
     if card is not None:
         card_changes = {"card_brand": card.brand, "card_last4": card.last4, "card_country": card.country}
+    after: Payment | None = None
     with uow_factory() as uow:
         payment = uow.payments.get(payment_id)
         if payment is None:
             raise NotFound(f"payment {payment_id} not found")
         gw_id = {"gateway_payment_id": result.gateway_payment_id} if result.gateway_payment_id else {}
         if result.status is ChargeStatus.SUCCEEDED:
-            move_payment(
+            after = move_payment(
                 uow,
                 payment,
                 PaymentStatus.CAPTURED,
@@ -130,7 +132,7 @@ def apply_charge_result(
                 updated_at=t,
             )
         elif result.status is ChargeStatus.REQUIRES_ACTION:
-            move_payment(
+            after = move_payment(
                 uow,
                 payment,
                 PaymentStatus.PENDING_3DS,
@@ -141,7 +143,7 @@ def apply_charge_result(
                 updated_at=t,
             )
         elif result.status in (ChargeStatus.FAILED, ChargeStatus.CANCELED):
-            move_payment(
+            after = move_payment(
                 uow,
                 payment,
                 PaymentStatus.FAILED,
@@ -155,6 +157,9 @@ def apply_charge_result(
         elif gw_id and payment.gateway_payment_id is None:
             uow.payments.update(payment_id, **gw_id, updated_at=t)  # PROCESSING: stays PENDING
         uow.commit()
+    if after is not None:
+        return after
+    # Nothing moved here (another path won, or still processing): answer with what is stored.
     with uow_factory() as uow:
         fresh = uow.payments.get(payment_id)
     assert fresh is not None
@@ -171,8 +176,10 @@ def top_up(
     settings: PaymentSettings,
     now: Clock = utcnow,
 ) -> Payment:
-    with uow_factory() as uow:
-        existing = uow.payments.get(cmd.payment_id)
+    existing = None
+    if cmd.resumed:
+        with uow_factory() as uow:
+            existing = uow.payments.get(cmd.payment_id)
     if existing is not None:
         # A retry of a request that crashed or timed out after its payment was recorded.
         if existing.status != PaymentStatus.PENDING:

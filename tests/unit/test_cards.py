@@ -17,6 +17,7 @@ def test_detects_card_numbers(text: str) -> None:
 @pytest.mark.parametrize(
     "text",
     ["4242424242424241", "1234567890", "order 2026112110000000 placed", "+91 98765 43210", "pay_01hx4242424242",
+     "pi_a4242424242424242b", "ch_4242424242424242abc", "evt_x4242424242424242",
      "42424242424242424242424"],
 )
 def test_ignores_non_cards(text: str) -> None:
@@ -39,3 +40,13 @@ def test_find_field_in_nested_json() -> None:
     assert find_card_number_field({"n": int(VISA_TEST)}) == "n"
     assert find_card_number_field({VISA_TEST: "k"}) == "(body)"
     assert find_card_number_field({"amount": 50000, "token": "pm_card_visa", "ok": True}) is None
+
+
+def test_ids_with_digit_runs_do_not_block_events() -> None:
+    from payment_service.adapters.outbox import serialize_event
+    from payment_service.domain.events import Event, EventType
+
+    evt = Event(EventType.PAYMENT_CAPTURED, "pay_1", "u_1", {"gateway_payment_id": "pi_a4242424242424242b"})
+    assert "pi_a4242424242424242b" in serialize_event(evt)
+    with pytest.raises(ValueError, match="card number"):
+        serialize_event(Event(EventType.PAYMENT_CAPTURED, "pay_1", "u_1", {"note": "pan 4242424242424242"}))

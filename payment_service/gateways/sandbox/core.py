@@ -400,7 +400,7 @@ def _apply_faults() -> Response | None:
     rule = current_sandbox().faults.take(request.method, request.path)
     if rule is None:
         return None
-    if rule.latency_ms:
+    if rule.latency_ms and rule.mode != "timeout":
         time.sleep(rule.latency_ms / 1000.0)
     if rule.mode == "error":
         return Response(
@@ -409,8 +409,14 @@ def _apply_faults() -> Response | None:
             mimetype="application/json",
         )
     if rule.mode == "timeout":
-        # Close the connection without an answer: the client sees a read error or its own timeout.
-        raise ConnectionAbortedError("sandbox injected timeout")
+        # Hold the request past any sane client timeout (latency_ms, default 15 s), then give up
+        # with a 504 and no work done: the client sees its own timeout, as with a hung gateway.
+        time.sleep((rule.latency_ms or 15000) / 1000.0)
+        return Response(
+            json.dumps({"error": {"type": "api_error", "message": "sandbox injected timeout"}}),
+            status=504,
+            mimetype="application/json",
+        )
     if rule.mode == "lost_response":
         request.environ["sandbox.lost_response"] = True
     return None
