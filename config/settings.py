@@ -35,6 +35,11 @@ class Settings:
     DATABASE_URL: str = "sqlite:///instance/payment-service.sqlite3"
     KAFKA_BOOTSTRAP_SERVERS: str = "127.0.0.1:9092"
     EVENTS_TOPIC: str = "payment.events"
+    # --- relay ---
+    EVENTS_TOPIC_PARTITIONS: int = 6  # used when the relay creates the topic; an existing topic is left as is
+    RELAY_METRICS_PORT: int = 9102  # the relay's own Prometheus endpoint; 0 = off
+    RELAY_BATCH_SIZE: int = 2000  # outbox rows per round (produced, then confirmed and marked together)
+    # --- end relay ---
 
     STRIPE_API_KEY: str = _secret(default=SANDBOX_STRIPE_API_KEY)
     STRIPE_WEBHOOK_SECRET: str = _secret(default=SANDBOX_STRIPE_WEBHOOK_SECRET)
@@ -55,6 +60,9 @@ class Settings:
     EVENT_SIGNING_KEY_ID: str = "dev-1"
 
     PENDING_3DS_TTL_SECONDS: int = 900
+    WORKER_WEBHOOK_INTERVAL_SECONDS: float = 1.0
+    WORKER_EXPIRY_INTERVAL_SECONDS: float = 15.0
+    WORKER_RECONCILE_INTERVAL_SECONDS: float = 30.0
     RECONCILE_AFTER_SECONDS: int = 180
     IDEMPOTENCY_KEY_TTL_SECONDS: int = 86400
     OUTBOX_RETENTION_SECONDS: int = 7 * 86400
@@ -143,6 +151,14 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Set
         setattr(settings, name, value)
     if settings.JWT_PUBLIC_KEY and env.get("JWT_SECRET") is None and env.get("JWT_SECRET_FILE") is None:
         settings.JWT_SECRET = None  # RS256 configured; no HS256 fallback secret
+    # --- relay ---
+    if settings.EVENTS_TOPIC_PARTITIONS < 1:
+        raise ConfigError("EVENTS_TOPIC_PARTITIONS must be at least 1")
+    if settings.RELAY_BATCH_SIZE < 1:
+        raise ConfigError("RELAY_BATCH_SIZE must be at least 1")
+    if not 0 <= settings.RELAY_METRICS_PORT <= 65535:
+        raise ConfigError("RELAY_METRICS_PORT must be a port number, or 0 for off")
+    # --- end relay ---
     if settings.RISK_NEW_DEVICE_ACTION not in {"require_3ds", "refuse", "allow"}:
         raise ConfigError("RISK_NEW_DEVICE_ACTION must be require_3ds, refuse or allow")
     return settings

@@ -178,10 +178,24 @@ def dev(port: int, sandbox_port: int, broker_port: int) -> None:
     signal.signal(signal.SIGINT, _shutdown)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
+    # --- relay: publishes the outbox to the local broker ---
+    dev_relay, relay_thread = _start_dev_relay(settings)
+    # --- end relay ---
+    # --- worker: applies webhooks, expires 3-D Secure, reconciles ---
+    from .worker.jobs import build_scheduler
+
+    dev_worker = build_scheduler(app.extensions["payment_service"])
+    dev_worker.start()
+    # --- end worker ---
     try:
         while not stop.is_set():
             time.sleep(0.2)
     finally:
+        dev_worker.shutdown(wait=False)
+        # --- relay ---
+        dev_relay.stop()
+        relay_thread.join(15)
+        # --- end relay ---
         server.shutdown()
         sandbox_server.stop()
         broker.stop()
@@ -198,6 +212,29 @@ def _demo_token(settings: Any) -> str:
         claims["iss"] = settings.JWT_ISSUER
     return jwt.encode(claims, settings.JWT_SECRET, algorithm="HS256")
 
+
+
+# --- worker: webhook applier and scheduled jobs (payment_service/worker/jobs.py) -----------
+
+
+@main.command()
+@click.option("--once", is_flag=True, help="run every job once and exit (prints what each did)")
+def worker(once: bool) -> None:
+    """Apply stored webhooks; expire PENDING_3DS payments; reconcile stuck PENDING ones; purge old rows."""
+    from .bootstrap import bootstrap
+    from .observability import configure_logging
+    from .worker.jobs import run_all_once, run_worker
+
+    settings = load_settings()
+    configure_logging(settings.LOG_LEVEL, settings.LOG_FORMAT)
+    container = bootstrap(settings)
+    if once:
+        click.echo(run_all_once(container))
+        return
+    run_worker(container)
+
+
+# --- end worker ----------------------------------------------------------------------------
 
 
 # --- clients: service clients and their API keys ---------------------------------------
@@ -307,6 +344,55 @@ def clients_list() -> None:
 
 
 # --- end clients ---------------------------------------------------------------------------
+
+
+# --- relay: the outbox relay (payment_service/worker/relay.py) -----------------------------
+
+
+@main.command()
+def relay() -> None:
+    """Publish outbox rows to Kafka. Run several for availability: one leads, the others stand by.
+    SIGTERM or Ctrl-C stops it after the batch in flight."""
+    from prometheus_client import start_http_server
+
+    from .bootstrap import make_engine
+    from .observability import configure_logging
+    from .worker.relay import OutboxRelay, install_outbox_collector
+
+    settings = load_settings()
+    configure_logging(settings.LOG_LEVEL, settings.LOG_FORMAT)
+    engine = make_engine(settings.DATABASE_URL, pool_size=2, max_overflow=2)
+    outbox_relay = OutboxRelay(engine, settings)
+
+    def _stop(*_a: Any) -> None:
+        outbox_relay.stop()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    metrics_server = None
+    if settings.RELAY_METRICS_PORT:
+        install_outbox_collector("relay", lambda: engine)
+        metrics_server, _thread = start_http_server(settings.RELAY_METRICS_PORT)
+    try:
+        outbox_relay.run()
+    finally:
+        if metrics_server is not None:
+            metrics_server.shutdown()
+        engine.dispose()
+
+
+def _start_dev_relay(settings: Any) -> tuple[Any, threading.Thread]:
+    """The relay of `payment-service dev`, in a thread of that process (its metrics are on the API's /metrics)."""
+    from .bootstrap import make_engine
+    from .worker.relay import OutboxRelay
+
+    outbox_relay = OutboxRelay(make_engine(settings.DATABASE_URL), settings)
+    thread = threading.Thread(target=outbox_relay.run, name="outbox-relay", daemon=True)
+    thread.start()
+    return outbox_relay, thread
+
+
+# --- end relay -----------------------------------------------------------------------------
 
 
 if __name__ == "__main__":

@@ -12,11 +12,21 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from ..domain.events import Event
-from ..domain.payments import IdempotencyRecord, Page, PageCursor, Payment, PaymentMethod, Refund, field_names
+from ..domain.payments import (
+    IdempotencyRecord,
+    InboxEvent,
+    Page,
+    PageCursor,
+    Payment,
+    PaymentMethod,
+    Refund,
+    field_names,
+)
 from ..services import unit_of_work as abstract
 from .orm import (
     Base,
     GatewayCustomerRow,
+    GatewayEventRow,
     IdempotencyKeyRow,
     OutboxEventRow,
     PaymentMethodRow,
@@ -149,6 +159,25 @@ class SqlPaymentRepository(abstract.PaymentRepository):
         return None if row is None else to_domain(Payment, row)
 
 
+    def expired_3ds(self, now: datetime, limit: int) -> list[Payment]:
+        rows = self.session.execute(
+            select(_payments)
+            .where(_payments.c.status == "PENDING_3DS", _payments.c.expires_at < now)
+            .order_by(_payments.c.expires_at)
+            .limit(limit)
+        ).mappings()
+        return [Payment(**{n: r[n] for n in _PAYMENT_FIELDS}) for r in rows]
+
+    def stuck_pending(self, updated_before: datetime, limit: int) -> list[Payment]:
+        rows = self.session.execute(
+            select(_payments)
+            .where(_payments.c.status == "PENDING", _payments.c.updated_at < updated_before)
+            .order_by(_payments.c.updated_at)
+            .limit(limit)
+        ).mappings()
+        return [Payment(**{n: r[n] for n in _PAYMENT_FIELDS}) for r in rows]
+
+
 class SqlPaymentMethodRepository(abstract.PaymentMethodRepository):
     def __init__(self, session: Session) -> None:
         self.session = session
@@ -270,6 +299,67 @@ class SqlIdempotencyRepository(abstract.IdempotencyRepository):
 
     def delete(self, record_id: int) -> None:
         self.session.execute(delete(IdempotencyKeyRow).where(IdempotencyKeyRow.id == record_id))
+
+
+class SqlGatewayEventRepository(abstract.GatewayEventRepository):
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def add(self, event: InboxEvent) -> bool:
+        values = {k: v for k, v in vars(event).items() if k != "id"}
+        try:
+            # Alone in its transaction (the webhook view), so a duplicate just rolls it back.
+            result = self.session.execute(insert(GatewayEventRow).values(**values))
+        except IntegrityError:
+            self.session.rollback()
+            return False
+        event.id = int(result.inserted_primary_key[0])  # type: ignore[attr-defined]
+        return True
+
+    def due(self, now: datetime, limit: int) -> list[InboxEvent]:
+        t = GatewayEventRow
+        rows = self.session.execute(
+            select(t)
+            .where(
+                or_(
+                    and_(t.status.in_(["RECEIVED", "RETRY"]), t.next_attempt_at <= now),
+                    # An applier that died mid-way left its lease behind; take the event back.
+                    and_(t.status == "PROCESSING", t.next_attempt_at < now),
+                )
+            )
+            .order_by(t.id)
+            .limit(limit)
+        ).scalars()
+        return [to_domain(InboxEvent, r) for r in rows]
+
+    def claim(self, event_id: int, now: datetime, lease_until: datetime) -> bool:
+        t = GatewayEventRow
+        result = self.session.execute(
+            update(t)
+            .where(
+                t.id == event_id,
+                or_(
+                    and_(t.status.in_(["RECEIVED", "RETRY"]), t.next_attempt_at <= now),
+                    and_(t.status == "PROCESSING", t.next_attempt_at < now),
+                ),
+            )
+            .values(status="PROCESSING", next_attempt_at=lease_until, attempts=t.attempts + 1)
+        )
+        return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+    def finish(self, event_id: int, status: str, now: datetime, error: str | None = None) -> None:
+        self.session.execute(
+            update(GatewayEventRow)
+            .where(GatewayEventRow.id == event_id)
+            .values(status=status, applied_at=now, last_error=error)
+        )
+
+    def retry_later(self, event_id: int, next_attempt_at: datetime, error: str) -> None:
+        self.session.execute(
+            update(GatewayEventRow)
+            .where(GatewayEventRow.id == event_id)
+            .values(status="RETRY", next_attempt_at=next_attempt_at, last_error=error[:2000])
+        )
 
 
 class SqlOutboxRepository(abstract.OutboxRepository):

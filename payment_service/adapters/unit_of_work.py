@@ -7,6 +7,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from ..services.unit_of_work import AbstractUnitOfWork
 from .repository import (
     SqlCustomerRepository,
+    SqlGatewayEventRepository,
     SqlIdempotencyRepository,
     SqlOutboxRepository,
     SqlPaymentMethodRepository,
@@ -27,6 +28,7 @@ class SqlAlchemyUnitOfWork(AbstractUnitOfWork):
         self.refunds = SqlRefundRepository(self.session)
         self.idempotency = SqlIdempotencyRepository(self.session)
         self.outbox = SqlOutboxRepository(self.session)
+        self.gateway_events = SqlGatewayEventRepository(self.session)
         return self
 
     def __exit__(self, *args: object) -> None:

@@ -14,7 +14,7 @@ from config import Settings, load_settings
 
 from ..bootstrap import Container, bootstrap
 from ..observability import configure_logging, request_id_var
-from . import auth, errors, health, openapi, parsing, payment_methods, payments, ratelimit
+from . import auth, errors, health, openapi, parsing, payment_methods, payments, ratelimit, webhooks
 
 logger = logging.getLogger(__name__)
 
@@ -89,4 +89,5 @@ def create_app(settings: Settings | None = None, container: Container | None = N
     app.register_blueprint(openapi.bp)
     app.register_blueprint(payments.bp)
     app.register_blueprint(payment_methods.bp)
+    app.register_blueprint(webhooks.bp)
     return app

@@ -92,6 +92,25 @@ class IdempotencyRecord:
     locked_until: datetime | None = None
 
 
+@dataclass
+class InboxEvent:
+    """A stored webhook (the inbox row), applied asynchronously by the worker."""
+
+    id: int
+    gateway: str
+    gateway_event_id: str
+    event_type: str
+    payload: str
+    status: str  # RECEIVED, PROCESSING, APPLIED, IGNORED, RETRY, FAILED
+    attempts: int
+    next_attempt_at: datetime
+    received_at: datetime
+    object_id: str | None = None
+    reference: str | None = None
+    last_error: str | None = None
+    applied_at: datetime | None = None
+
+
 @dataclass(frozen=True)
 class PageCursor:
     created_at: datetime

@@ -196,6 +196,15 @@ class Gateway(Protocol):
     def verify_webhook(self, raw_body: bytes, headers: Mapping[str, str]) -> WebhookEvent:
         """Verify the signature over the raw body with the SDK's helper; raise InvalidWebhook otherwise."""
 
+    def charge_result_from_event(self, event: WebhookEvent) -> ChargeResult | None:
+        """What a verified event says about a charge, in our vocabulary; None for other events."""
+
+    def refund_result_from_event(self, event: WebhookEvent) -> RefundResult | None:
+        """What a verified event says about a refund; None for other events."""
+
+    def payout_result_from_event(self, event: WebhookEvent) -> PayoutResult | None:
+        """What a verified event says about a payout; None for other events."""
+
 
 def idempotency_key_for(record_id: str, operation: str, attempt: int = 0) -> str:
     """The gateway idempotency key for one operation on one of our records.

@@ -600,6 +600,30 @@ class RazorpayGateway:
         )
 
 
+    def _entity(self, event: WebhookEvent, kind: str) -> dict[str, Any] | None:
+        entity = ((event.payload.get("payload") or {}).get(kind) or {}).get("entity")
+        return entity if isinstance(entity, dict) else None
+
+    def charge_result_from_event(self, event: WebhookEvent) -> ChargeResult | None:
+        # payment.authorized is not an outcome: the adapter captures; captured or failed follow.
+        if event.type not in {"payment.captured", "payment.failed"}:
+            return None
+        payment = self._entity(event, "payment")
+        return None if payment is None else self._result(payment, event.reference)
+
+    def refund_result_from_event(self, event: WebhookEvent) -> RefundResult | None:
+        if not event.type.startswith("refund."):
+            return None
+        refund = self._entity(event, "refund")
+        return None if refund is None else self._refund_result(refund)
+
+    def payout_result_from_event(self, event: WebhookEvent) -> PayoutResult | None:
+        if not event.type.startswith("payout."):
+            return None
+        payout = self._entity(event, "payout")
+        return None if payout is None else self._payout_result(payout)
+
+
 def _subject(payload: Mapping[str, Any]) -> tuple[str | None, str | None]:
     """The event's main object (first of `contains`) and our id it echoes: notes.payment_id of a payment,
     the receipt of a refund or order, the reference_id of a payout."""

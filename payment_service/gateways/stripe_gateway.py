@@ -477,6 +477,24 @@ class StripeGateway:
         )
 
 
+    # -- events ---------------------------------------------------------------------------------
+
+    def charge_result_from_event(self, event: WebhookEvent) -> ChargeResult | None:
+        obj = event.payload["data"]["object"]
+        if event.type.startswith("payment_intent.") and obj.get("object") == "payment_intent":
+            return self._result(obj)
+        return None
+
+    def refund_result_from_event(self, event: WebhookEvent) -> RefundResult | None:
+        obj = event.payload["data"]["object"]
+        if event.type.startswith("refund.") and obj.get("object") == "refund":
+            return self._refund_result(obj)
+        return None
+
+    def payout_result_from_event(self, event: WebhookEvent) -> PayoutResult | None:
+        return None
+
+
 def _error_body(exc: stripe.StripeError) -> dict[str, Any]:
     body = exc.json_body if isinstance(exc.json_body, dict) else {}
     error = body.get("error")

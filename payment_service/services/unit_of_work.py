@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from ..domain.events import Event
-from ..domain.payments import IdempotencyRecord, Page, PageCursor, Payment, PaymentMethod, Refund
+from ..domain.payments import IdempotencyRecord, InboxEvent, Page, PageCursor, Payment, PaymentMethod, Refund
 
 
 class PaymentRepository(abc.ABC):
@@ -43,6 +43,14 @@ class PaymentRepository(abc.ABC):
 
     @abc.abstractmethod
     def find_by_gateway_id(self, gateway: str, gateway_payment_id: str) -> Payment | None: ...
+
+    @abc.abstractmethod
+    def expired_3ds(self, now: datetime, limit: int) -> list[Payment]:
+        """PENDING_3DS payments whose expires_at has passed (the expiry scan)."""
+
+    @abc.abstractmethod
+    def stuck_pending(self, updated_before: datetime, limit: int) -> list[Payment]:
+        """PENDING payments not touched since `updated_before` (the reconciliation scan)."""
 
 
 class PaymentMethodRepository(abc.ABC):
@@ -99,6 +107,26 @@ class IdempotencyRepository(abc.ABC):
     def delete(self, record_id: int) -> None: ...
 
 
+class GatewayEventRepository(abc.ABC):
+    @abc.abstractmethod
+    def add(self, event: InboxEvent) -> bool:
+        """Store a verified webhook; False if (gateway, gateway_event_id) is stored already."""
+
+    @abc.abstractmethod
+    def due(self, now: datetime, limit: int) -> list[InboxEvent]:
+        """Events waiting to be applied (or whose applier died), oldest first."""
+
+    @abc.abstractmethod
+    def claim(self, event_id: int, now: datetime, lease_until: datetime) -> bool:
+        """Take one event for applying (a conditional UPDATE); False if another worker has it."""
+
+    @abc.abstractmethod
+    def finish(self, event_id: int, status: str, now: datetime, error: str | None = None) -> None: ...
+
+    @abc.abstractmethod
+    def retry_later(self, event_id: int, next_attempt_at: datetime, error: str) -> None: ...
+
+
 class OutboxRepository(abc.ABC):
     @abc.abstractmethod
     def add(self, event: Event) -> None:
@@ -112,6 +140,7 @@ class AbstractUnitOfWork(abc.ABC):
     refunds: RefundRepository
     idempotency: IdempotencyRepository
     outbox: OutboxRepository
+    gateway_events: GatewayEventRepository
 
     def __enter__(self) -> AbstractUnitOfWork:
         return self

@@ -9,7 +9,15 @@ from datetime import datetime
 from typing import Any
 
 from payment_service.domain.events import Event
-from payment_service.domain.payments import IdempotencyRecord, Page, PageCursor, Payment, PaymentMethod, Refund
+from payment_service.domain.payments import (
+    IdempotencyRecord,
+    InboxEvent,
+    Page,
+    PageCursor,
+    Payment,
+    PaymentMethod,
+    Refund,
+)
 from payment_service.gateways.base import (
     CardDetails,
     ChargeRequest,
@@ -17,7 +25,11 @@ from payment_service.gateways.base import (
     ChargeStatus,
     GatewayError,
     GatewayUnavailableError,
+    PayoutResult,
+    RefundResult,
+    RefundStatus,
     SavedMethod,
+    WebhookEvent,
 )
 from payment_service.services import unit_of_work as abstract
 
@@ -32,6 +44,7 @@ class _Store:
         self.refunds: dict[str, Refund] = {}
         self.idem: dict[tuple[str, str], IdempotencyRecord] = {}
         self.outbox: list[Event] = []
+        self.inbox: dict[int, InboxEvent] = {}
         self.ids = itertools.count(1)
 
 
@@ -80,6 +93,48 @@ class FakePayments(abstract.PaymentRepository):
     def find_by_gateway_id(self, gateway: str, gateway_payment_id: str) -> Payment | None:
         return next((p for p in self.db.values() if p.gateway == gateway
                      and p.gateway_payment_id == gateway_payment_id), None)
+
+    def expired_3ds(self, now: datetime, limit: int) -> list[Payment]:
+        return [copy.deepcopy(p) for p in self.db.values()
+                if p.status == "PENDING_3DS" and p.expires_at and p.expires_at < now][:limit]
+
+    def stuck_pending(self, updated_before: datetime, limit: int) -> list[Payment]:
+        return [copy.deepcopy(p) for p in self.db.values()
+                if p.status == "PENDING" and p.updated_at < updated_before][:limit]
+
+
+class FakeGatewayEvents(abstract.GatewayEventRepository):
+    def __init__(self, store: _Store) -> None:
+        self.store = store
+
+    def add(self, event: InboxEvent) -> bool:
+        if any((e.gateway, e.gateway_event_id) == (event.gateway, event.gateway_event_id)
+               for e in self.store.inbox.values()):
+            return False
+        event.id = next(self.store.ids)
+        self.store.inbox[event.id] = copy.deepcopy(event)
+        return True
+
+    def due(self, now: datetime, limit: int) -> list[InboxEvent]:
+        return [copy.deepcopy(e) for e in sorted(self.store.inbox.values(), key=lambda e: e.id)
+                if (e.status in ("RECEIVED", "RETRY") and e.next_attempt_at <= now)
+                or (e.status == "PROCESSING" and e.next_attempt_at < now)][:limit]
+
+    def claim(self, event_id: int, now: datetime, lease_until: datetime) -> bool:
+        e = self.store.inbox[event_id]
+        if not ((e.status in ("RECEIVED", "RETRY") and e.next_attempt_at <= now)
+                or (e.status == "PROCESSING" and e.next_attempt_at < now)):
+            return False
+        e.status, e.next_attempt_at, e.attempts = "PROCESSING", lease_until, e.attempts + 1
+        return True
+
+    def finish(self, event_id: int, status: str, now: datetime, error: str | None = None) -> None:
+        e = self.store.inbox[event_id]
+        e.status, e.applied_at, e.last_error = status, now, error
+
+    def retry_later(self, event_id: int, next_attempt_at: datetime, error: str) -> None:
+        e = self.store.inbox[event_id]
+        e.status, e.next_attempt_at, e.last_error = "RETRY", next_attempt_at, error
 
 
 class FakeMethods(abstract.PaymentMethodRepository):
@@ -190,6 +245,7 @@ class FakeUnitOfWork(abstract.AbstractUnitOfWork):
         self.refunds = FakeRefunds(self._work["refunds"])
         self.idempotency = FakeIdempotency(self.store)  # keys commit at once; the services commit right away
         self.outbox = FakeOutbox(self._outbox)
+        self.gateway_events = FakeGatewayEvents(self.store)  # like idempotency keys: immediate
         return self
 
     def commit(self) -> None:
@@ -262,3 +318,61 @@ class FakeGateway:
         if self.unavailable:
             raise GatewayUnavailableError("down")
         self.detached.append(saved.token_ref)
+
+    # What the fake gateway "knows" about each charge, for retrieve/find/cancel and events.
+    def retrieve_charge(self, gateway_payment_id: str) -> ChargeResult:
+        if self.unavailable:
+            raise GatewayUnavailableError("down")
+        return self.state[gateway_payment_id]
+
+    def find_charge(self, reference: str) -> ChargeResult | None:
+        if self.unavailable:
+            raise GatewayUnavailableError("down")
+        return next((r for r in self.state.values() if r.reference == reference), None)
+
+    def cancel_charge(self, gateway_payment_id: str, *, idempotency_key: str) -> ChargeResult:
+        if self.unavailable:
+            raise GatewayUnavailableError("down")
+        current = self.state[gateway_payment_id]
+        if current.status is ChargeStatus.SUCCEEDED:
+            return current
+        canceled = ChargeResult(ChargeStatus.CANCELED, gateway_payment_id, reference=current.reference)
+        self.state[gateway_payment_id] = canceled
+        return canceled
+
+    def refund(self, gateway_payment_id, amount, currency, *, reference, idempotency_key) -> RefundResult:
+        if self.unavailable:
+            raise GatewayUnavailableError("down")
+        if idempotency_key not in self.refunds:
+            self.refunds[idempotency_key] = RefundResult(f"re_g{len(self.refunds) + 1}", RefundStatus.SUCCEEDED, amount)
+        return self.refunds[idempotency_key]
+
+    @property
+    def state(self) -> dict[str, ChargeResult]:
+        if not hasattr(self, "_state"):
+            self._state: dict[str, ChargeResult] = {}
+        for r in self.results.values():
+            if r.gateway_payment_id and r.gateway_payment_id not in self._state:
+                ref = self.charges[r.gateway_payment_id].reference if r.gateway_payment_id in self.charges else None
+                self._state[r.gateway_payment_id] = ChargeResult(**{**vars(r), "reference": ref})
+        return self._state
+
+    @property
+    def refunds(self) -> dict[str, RefundResult]:
+        if not hasattr(self, "_refunds"):
+            self._refunds: dict[str, RefundResult] = {}
+        return self._refunds
+
+    # Events: the payload is {"charge": {...ChargeResult fields...}}.
+    def charge_result_from_event(self, event: WebhookEvent) -> ChargeResult | None:
+        c = event.payload.get("charge")
+        if c is None:
+            return None
+        return ChargeResult(ChargeStatus(c["status"]), c.get("id"), reference=c.get("reference"),
+                            failure_code=c.get("failure_code"), card=VISA)
+
+    def refund_result_from_event(self, event: WebhookEvent) -> RefundResult | None:
+        return None
+
+    def payout_result_from_event(self, event: WebhookEvent) -> PayoutResult | None:
+        return None
