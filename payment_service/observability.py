@@ -89,4 +89,5 @@ def configure_logging(level: str = "INFO", fmt: str = "json", stream: Any = None
     root.setLevel(level.upper())
     # Werkzeug's access log would print raw query strings; ours logs requests itself.
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)  # a line per job run is noise
     return handler
