@@ -48,6 +48,7 @@ _SELECT_PAYMENT = select(_payments).where(_payments.c.id == bindparam("pid"))
 _SELECT_PAYMENT_FOR_UPDATE = _SELECT_PAYMENT.with_for_update()
 _INSERT_IDEM = insert(_idem)
 _INSERT_OUTBOX = insert(_outbox)
+_INSERT_INBOX = insert(GatewayEventRow.__table__)  # type: ignore[arg-type]
 _PAYMENT_FIELDS = field_names(Payment)
 
 
@@ -309,7 +310,7 @@ class SqlGatewayEventRepository(abstract.GatewayEventRepository):
         values = {k: v for k, v in vars(event).items() if k != "id"}
         try:
             # Alone in its transaction (the webhook view), so a duplicate just rolls it back.
-            result = self.session.execute(insert(GatewayEventRow).values(**values))
+            result = self.session.execute(_INSERT_INBOX, values)
         except IntegrityError:
             self.session.rollback()
             return False

@@ -25,7 +25,7 @@ def _receive(gateway_name: str) -> Response | tuple[Response, int]:
         # Nothing stored: a forged or stale delivery must leave no trace but a log line.
         logger.warning("webhook rejected", extra={"gateway": gateway_name, "reason": str(exc)})
         return problem(400, "invalid_webhook", "Bad Request", str(exc))
-    stored = webhook_service.store_webhook(event, container().uow_factory)
+    stored = webhook_service.store_webhook(event, container().uow_factory, raw=raw.decode("utf-8"))
     # 200 for a duplicate too: anything else makes the gateway retry forever (dj-stripe #1239).
     return jsonify({"received": True, "duplicate": not stored}), 200
 

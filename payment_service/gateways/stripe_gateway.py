@@ -453,8 +453,10 @@ class StripeGateway:
             raise InvalidWebhook("missing Stripe-Signature header")
         try:
             payload = raw_body.decode("utf-8")
-            stripe.Webhook.construct_event(
-                payload, signature, self._webhook_secret, tolerance=WEBHOOK_TOLERANCE_SECONDS, api_key=self._api_key
+            # The SDK's helper for "verify before storing": checks the signature and the timestamp
+            # without building a StripeObject we would throw away (the body is parsed once, below).
+            stripe.WebhookSignature.verify_header(
+                payload, signature, self._webhook_secret, tolerance=WEBHOOK_TOLERANCE_SECONDS
             )
             event = json.loads(payload)
             event_id, event_type = event["id"], event["type"]

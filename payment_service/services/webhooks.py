@@ -40,15 +40,17 @@ class UnknownObject(Exception):
     """The event is about something we have not recorded (yet): retry later, never drop."""
 
 
-def store_webhook(event: WebhookEvent, uow_factory: UowFactory, now: Callable[[], datetime] = utcnow) -> bool:
-    """Keep a verified event durably; False for a duplicate delivery (already stored)."""
+def store_webhook(
+    event: WebhookEvent, uow_factory: UowFactory, now: Callable[[], datetime] = utcnow, raw: str | None = None
+) -> bool:
+    """Keep a verified event durably (its raw body, as received); False for a duplicate delivery."""
     t = now()
     inbox = InboxEvent(
         id=0,
         gateway=event.gateway,
         gateway_event_id=event.event_id,
         event_type=event.type[:64],
-        payload=json.dumps(event.payload, separators=(",", ":")),
+        payload=raw if raw is not None else json.dumps(event.payload, separators=(",", ":")),
         status="RECEIVED",
         attempts=0,
         next_attempt_at=t,
