@@ -1,0 +1,89 @@
+"""An API process killed between the gateway charge and its commit loses nothing: the PENDING row
+was committed before the call, reconciliation finds the charge by our id, and the event follows."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import requests
+from sqlalchemy import create_engine, select
+
+from payment_service.adapters.orm import OutboxEventRow, PaymentRow
+from tests.support.processes import VENV_BIN, ServiceProcess
+
+from .conftest import REPO, start_api, user_headers
+
+
+def wait_for(predicate, timeout: float = 30.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_api_killed_mid_charge_then_reconciled(api_env, e2e_sandbox, tmp_path: Path) -> None:
+    engine = create_engine(api_env["DATABASE_URL"])
+    user, key = f"u_crash_{uuid.uuid4().hex[:6]}", uuid.uuid4().hex
+    body = {"amount": 31337, "currency": "INR", "gateway": "stripe", "token": "pm_card_visa"}
+    # The gateway takes 2 s to answer: the charge is in flight when the API dies.
+    requests.post(e2e_sandbox.url + "/_sandbox/faults", json={"mode": "latency", "latency_ms": 2000,
+                                                              "path": "/stripe/v1/payment_intents$", "method": "POST",
+                                                              "remaining": 1}, timeout=5)
+    api, url = start_api(api_env, tmp_path, workers=1)
+
+    def client() -> None:
+        try:
+            requests.post(f"{url}/payments/topup", json=body, headers=user_headers(user, key), timeout=10)
+        except requests.RequestException:
+            pass  # the server died under us: exactly the point
+
+    t = threading.Thread(target=client)
+    t.start()
+    pid = wait_for(lambda: _payment_of(engine, user), what="the PENDING row")[0]
+    time.sleep(0.3)
+    api.stop(sig=signal.SIGKILL)
+    t.join(15)
+    assert _payment_of(engine, user) == (pid, "PENDING")
+    wait_for(lambda: e2e_sandbox.sandbox.store.find(
+        lambda o: o.get("object") == "payment_intent" and o.get("metadata", {}).get("payment_id") == pid
+        and o.get("status") == "succeeded"), what="the gateway to finish the charge")
+    assert _events(engine, pid) == []
+
+    env = {**api_env, "RECONCILE_AFTER_SECONDS": "1", "WORKER_RECONCILE_INTERVAL_SECONDS": "0.5"}
+    worker = ServiceProcess([str(VENV_BIN / "payment-service"), "worker"], env, REPO, tmp_path / "worker.log")
+    try:
+        wait_for(lambda: _payment_of(engine, user) == (pid, "CAPTURED"), what="reconciliation")
+    finally:
+        worker.stop()
+    assert _events(engine, pid) == ["PAYMENT_CAPTURED"]
+
+    # The client's retry with the same key gets the captured payment, and no second charge happens.
+    api2, url2 = start_api(api_env, tmp_path, workers=1)
+    try:
+        resp = requests.post(f"{url2}/payments/topup", json=body, headers=user_headers(user, key), timeout=30)
+        assert resp.status_code == 201 and resp.json()["id"] == pid and resp.json()["status"] == "CAPTURED"
+    finally:
+        api2.stop()
+    intents = e2e_sandbox.sandbox.store.find(
+        lambda o: o.get("object") == "payment_intent" and o.get("metadata", {}).get("payment_id") == pid)
+    assert len(intents) == 1
+    assert _events(engine, pid) == ["PAYMENT_CAPTURED"]
+    engine.dispose()
+
+
+def _payment_of(engine, user: str) -> tuple[str, str] | None:
+    with engine.connect() as conn:
+        row = conn.execute(select(PaymentRow.id, PaymentRow.status).where(PaymentRow.user_id == user)).first()
+    return None if row is None else (row[0], row[1])
+
+
+def _events(engine, pid: str) -> list[str]:
+    with engine.connect() as conn:
+        return list(conn.execute(select(OutboxEventRow.event_type).where(OutboxEventRow.subject == pid)).scalars())
