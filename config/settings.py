@@ -38,7 +38,7 @@ class Settings:
     # --- relay ---
     EVENTS_TOPIC_PARTITIONS: int = 6  # used when the relay creates the topic; an existing topic is left as is
     RELAY_METRICS_PORT: int = 9102  # the relay's own Prometheus endpoint; 0 = off
-    RELAY_BATCH_SIZE: int = 2000  # outbox rows per round (produced, then confirmed and marked together)
+    RELAY_BATCH_SIZE: int = 5000  # outbox rows per round (produced, then confirmed and marked together)
     # --- end relay ---
 
     STRIPE_API_KEY: str = _secret(default=SANDBOX_STRIPE_API_KEY)
@@ -65,6 +65,15 @@ class Settings:
     WORKER_RECONCILE_INTERVAL_SECONDS: float = 30.0
     RECONCILE_AFTER_SECONDS: int = 180
     IDEMPOTENCY_KEY_TTL_SECONDS: int = 86400
+    IDEMPOTENCY_LOCK_SECONDS: float = 60.0
+    # --- refunds and withdrawals ---
+    WORKER_REFUND_INTERVAL_SECONDS: float = 30.0  # the PENDING-refund retry job
+    REFUND_RETRY_AFTER_SECONDS: int = 60  # a PENDING refund untouched this long is retried / asked about
+    WORKER_PAYOUT_INTERVAL_SECONDS: float = 60.0  # the payout poll and the REQUESTED-withdrawal retry
+    PAYOUT_POLL_AFTER_SECONDS: int = 300  # a PROCESSING payout untouched this long is asked about
+    WITHDRAWAL_RETRY_AFTER_SECONDS: int = 60  # a REQUESTED withdrawal untouched this long is retried
+    WITHDRAWAL_GIVE_UP_AFTER_SECONDS: int = 3600  # a bank payout the gateway never saw is failed after this
+    # --- end refunds and withdrawals ---
     OUTBOX_RETENTION_SECONDS: int = 7 * 86400
 
     RATE_LIMIT_USER: str = "120/minute"

@@ -22,6 +22,7 @@ from ..domain.payments import (
     Refund,
     field_names,
 )
+from ..domain.withdrawals import Withdrawal  # --- withdrawals ---
 from ..services import unit_of_work as abstract
 from .orm import (
     Base,
@@ -32,6 +33,7 @@ from .orm import (
     PaymentMethodRow,
     PaymentRow,
     RefundRow,
+    WithdrawalRequestRow,  # --- withdrawals ---
 )
 from .outbox import serialize_event
 
@@ -178,6 +180,31 @@ class SqlPaymentRepository(abstract.PaymentRepository):
         ).mappings()
         return [Payment(**{n: r[n] for n in _PAYMENT_FIELDS}) for r in rows]
 
+    # --- refunds: the guard is in the WHERE clause, so concurrent refunds can never add up to more
+    # than the payment captured, whatever else the caller did or did not lock ---
+    def reserve_refund(self, payment_id: str, amount: int, at: datetime) -> bool:
+        result = self.session.execute(
+            update(PaymentRow)
+            .where(
+                PaymentRow.id == payment_id,
+                PaymentRow.status == "CAPTURED",
+                PaymentRow.refunded_amount + amount <= PaymentRow.amount,
+            )
+            .values(refunded_amount=PaymentRow.refunded_amount + amount, updated_at=at)
+            .execution_options(synchronize_session=False)
+        )
+        return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+    def release_refund(self, payment_id: str, amount: int, at: datetime) -> None:
+        self.session.execute(
+            update(PaymentRow)
+            .where(PaymentRow.id == payment_id, PaymentRow.refunded_amount >= amount)
+            .values(refunded_amount=PaymentRow.refunded_amount - amount, updated_at=at)
+            .execution_options(synchronize_session=False)
+        )
+
+    # --- end refunds ---
+
 
 class SqlPaymentMethodRepository(abstract.PaymentMethodRepository):
     def __init__(self, session: Session) -> None:
@@ -244,6 +271,109 @@ class SqlRefundRepository(abstract.RefundRepository):
     def get(self, refund_id: str) -> Refund | None:
         row = self.session.execute(select(RefundRow).where(RefundRow.id == refund_id)).scalar_one_or_none()
         return None if row is None else to_domain(Refund, row)
+
+    # --- refunds ---
+    def transition(self, refund_id: str, new_status: str, allowed_from: Sequence[str], **changes: Any) -> bool:
+        result = self.session.execute(
+            update(RefundRow)
+            .where(RefundRow.id == refund_id, RefundRow.status.in_([str(s) for s in allowed_from]))
+            .values(status=new_status, **changes)
+            .execution_options(synchronize_session=False)
+        )
+        return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+    def update(self, refund_id: str, **changes: Any) -> None:
+        self.session.execute(
+            update(RefundRow)
+            .where(RefundRow.id == refund_id)
+            .values(**changes)
+            .execution_options(synchronize_session=False)
+        )
+
+    def find_by_gateway_id(self, gateway_refund_id: str) -> Refund | None:
+        row = self.session.execute(
+            select(RefundRow).where(RefundRow.gateway_refund_id == gateway_refund_id)
+        ).scalar_one_or_none()
+        return None if row is None else to_domain(Refund, row)
+
+    def list_for_payment(self, payment_id: str) -> list[Refund]:
+        rows = self.session.execute(
+            select(RefundRow).where(RefundRow.payment_id == payment_id).order_by(RefundRow.created_at, RefundRow.id)
+        ).scalars()
+        return [to_domain(Refund, r) for r in rows]
+
+    def stuck_pending(self, updated_before: datetime, limit: int) -> list[Refund]:
+        # ix_refunds_status_updated serves this scan.
+        rows = self.session.execute(
+            select(RefundRow)
+            .where(RefundRow.status == "PENDING", RefundRow.updated_at < updated_before)
+            .order_by(RefundRow.updated_at)
+            .limit(limit)
+        ).scalars()
+        return [to_domain(Refund, r) for r in rows]
+
+    # --- end refunds ---
+
+
+# --- withdrawals ---------------------------------------------------------------------------
+
+
+class SqlWithdrawalRepository(abstract.WithdrawalRepository):
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def add(self, withdrawal: Withdrawal) -> None:
+        self.session.execute(insert(WithdrawalRequestRow).values(**to_row_values(withdrawal, WithdrawalRequestRow)))
+
+    def get(self, withdrawal_id: str, *, for_update: bool = False) -> Withdrawal | None:
+        stmt = select(WithdrawalRequestRow).where(WithdrawalRequestRow.id == withdrawal_id)
+        if for_update:
+            stmt = stmt.with_for_update()
+        row = self.session.execute(stmt).scalar_one_or_none()
+        return None if row is None else to_domain(Withdrawal, row)
+
+    def transition(
+        self,
+        withdrawal_id: str,
+        new_status: str,
+        allowed_from: Sequence[str],
+        *,
+        updated_before: datetime | None = None,
+        **changes: Any,
+    ) -> bool:
+        t = WithdrawalRequestRow
+        stmt = update(t).where(t.id == withdrawal_id, t.status.in_([str(s) for s in allowed_from]))
+        if updated_before is not None:
+            stmt = stmt.where(t.updated_at < updated_before)
+        result = self.session.execute(
+            stmt.values(status=new_status, **changes).execution_options(synchronize_session=False)
+        )
+        return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+    def update(self, withdrawal_id: str, **changes: Any) -> None:
+        self.session.execute(
+            update(WithdrawalRequestRow)
+            .where(WithdrawalRequestRow.id == withdrawal_id)
+            .values(**changes)
+            .execution_options(synchronize_session=False)
+        )
+
+    def find_by_gateway_id(self, gateway_payout_id: str) -> Withdrawal | None:
+        row = self.session.execute(
+            select(WithdrawalRequestRow).where(WithdrawalRequestRow.gateway_payout_id == gateway_payout_id)
+        ).scalar_one_or_none()
+        return None if row is None else to_domain(Withdrawal, row)
+
+    def stuck(self, status: str, updated_before: datetime, limit: int) -> list[Withdrawal]:
+        # ix_withdrawal_requests_status_updated serves this scan.
+        t = WithdrawalRequestRow
+        rows = self.session.execute(
+            select(t).where(t.status == status, t.updated_at < updated_before).order_by(t.updated_at).limit(limit)
+        ).scalars()
+        return [to_domain(Withdrawal, r) for r in rows]
+
+
+# --- end withdrawals -----------------------------------------------------------------------
 
 
 class SqlIdempotencyRepository(abstract.IdempotencyRepository):

@@ -13,6 +13,7 @@ from .repository import (
     SqlPaymentMethodRepository,
     SqlPaymentRepository,
     SqlRefundRepository,
+    SqlWithdrawalRepository,  # --- withdrawals ---
 )
 
 
@@ -29,6 +30,9 @@ class SqlAlchemyUnitOfWork(AbstractUnitOfWork):
         self.idempotency = SqlIdempotencyRepository(self.session)
         self.outbox = SqlOutboxRepository(self.session)
         self.gateway_events = SqlGatewayEventRepository(self.session)
+        # --- withdrawals ---
+        self.withdrawals = SqlWithdrawalRepository(self.session)
+        # --- end withdrawals ---
         return self
 
     def __exit__(self, *args: object) -> None:

@@ -90,4 +90,10 @@ def create_app(settings: Settings | None = None, container: Container | None = N
     app.register_blueprint(payments.bp)
     app.register_blueprint(payment_methods.bp)
     app.register_blueprint(webhooks.bp)
+    # --- refunds and withdrawals ---
+    from . import refunds, withdrawals
+
+    app.register_blueprint(refunds.bp)
+    app.register_blueprint(withdrawals.bp)
+    # --- end refunds and withdrawals ---
     return app

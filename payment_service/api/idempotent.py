@@ -19,7 +19,10 @@ logger = logging.getLogger(__name__)
 
 
 def run_idempotent(
-    principal: Principal, resource_prefix: str, handler: Callable[[str, bool], tuple[dict[str, Any], int]]
+    principal: Principal,
+    resource_prefix: str,
+    handler: Callable[[str, bool], tuple[dict[str, Any], int]],
+    fingerprint_body: Any = None,  # --- withdrawals: a body with secrets replaced (see api/withdrawals.py)
 ) -> Response:
     """`handler(resource_id, resumed)` does the work and returns (body, status); replays skip it entirely.
 
@@ -28,7 +31,8 @@ def run_idempotent(
     """
     c = container()
     key = idempotency.validate_key(request.headers.get("Idempotency-Key"))
-    fingerprint = idempotency.request_fingerprint(request.method, request.path, parsing.body())
+    body = parsing.body() if fingerprint_body is None else fingerprint_body
+    fingerprint = idempotency.request_fingerprint(request.method, request.path, body)
     claim = idempotency.claim(
         c.uow_factory,
         principal.caller_key,
@@ -38,6 +42,7 @@ def run_idempotent(
         fingerprint,
         resource_prefix,
         c.settings.IDEMPOTENCY_KEY_TTL_SECONDS,
+        lock_seconds=c.settings.IDEMPOTENCY_LOCK_SECONDS,
     )
     if claim.replay:
         resp = Response(claim.record.response_body, status=claim.record.response_status, mimetype="application/json")

@@ -117,3 +117,80 @@ class PaymentMethodOut(BaseModel):
 
 class PaymentMethodList(BaseModel):
     data: list[PaymentMethodOut]
+
+
+# --- refunds and withdrawals ----------------------------------------------------------------
+
+
+class RefundRequest(Strict):
+    amount: StrictInt | None = Field(
+        default=None, gt=0, le=MAX_AMOUNT, description="minor units; default: all that is left to refund"
+    )
+    reason: str | None = Field(default=None, min_length=1, max_length=255)
+
+
+class RefundOut(BaseModel):
+    id: str
+    payment_id: str
+    amount: int
+    currency: str
+    status: Literal["PENDING", "SUCCEEDED", "FAILED"]
+    reason: str | None
+    failure_reason: str | None
+    gateway_refund_id: str | None
+    created_at: str
+    updated_at: str
+
+
+class RefundList(BaseModel):
+    data: list[RefundOut]
+
+
+class WithdrawalBeneficiary(Strict):
+    """A bank account (NEFT, IMPS: name, account_number, ifsc) or a UPI address (UPI: name, vpa).
+
+    The rules (patterns below, mode consistency) are checked with one message per field."""
+
+    name: str = Field(max_length=200, description="3 to 100 characters")
+    # Only the last four digits are ever stored or shown; repr=False keeps it out of any repr().
+    account_number: str | None = Field(
+        default=None, max_length=64, repr=False, json_schema_extra={"pattern": r"^[0-9]{9,18}$"}
+    )
+    ifsc: str | None = Field(default=None, max_length=32, json_schema_extra={"pattern": r"^[A-Z]{4}0[A-Z0-9]{6}$"})
+    vpa: str | None = Field(
+        default=None, max_length=330, json_schema_extra={"pattern": r"^[a-zA-Z0-9.\-_]{2,256}@[a-zA-Z]{2,64}$"}
+    )
+
+
+class WithdrawalRequest(Strict):
+    user_id: str = Field(min_length=1, max_length=64)
+    amount: StrictInt = Field(
+        gt=0, le=MAX_AMOUNT,
+        description="paise; at least 100; UPI at most 10000000 (Rs 1 lakh), IMPS at most 50000000 (Rs 5 lakh)",
+    )
+    currency: Literal["INR"]
+    mode: Literal["NEFT", "IMPS", "UPI"]
+    beneficiary: WithdrawalBeneficiary
+
+
+class WithdrawalBeneficiaryOut(BaseModel):
+    name: str
+    account_last4: str | None = Field(default=None, description="NEFT and IMPS")
+    vpa: str | None = Field(default=None, description="UPI")
+
+
+class WithdrawalOut(BaseModel):
+    id: str
+    user_id: str
+    amount: int
+    currency: str
+    mode: Literal["NEFT", "IMPS", "UPI"]
+    status: Literal["REQUESTED", "PROCESSING", "SETTLED", "FAILED", "REVERSED"]
+    utr: str | None
+    beneficiary: WithdrawalBeneficiaryOut
+    failure_reason: str | None
+    created_at: str
+    updated_at: str
+
+
+# --- end refunds and withdrawals ------------------------------------------------------------

@@ -97,7 +97,8 @@ class RefundResult:
 @dataclass(frozen=True)
 class Beneficiary:
     name: str
-    account_number: str | None = None  # NEFT / IMPS; never stored or logged by us
+    # NEFT / IMPS; never stored or logged by us, and kept out of repr() so a stray log line cannot show it.
+    account_number: str | None = field(default=None, repr=False)
     ifsc: str | None = None
     vpa: str | None = None  # UPI
 
@@ -192,6 +193,12 @@ class Gateway(Protocol):
 
     def retrieve_payout(self, gateway_payout_id: str) -> PayoutResult:
         """A payout's current state."""
+
+    # --- withdrawals ---
+    def find_payout(self, reference: str) -> PayoutResult | None:
+        """Look a payout up by our withdrawal id (after a lost response); None if the gateway has none."""
+
+    # --- end withdrawals ---
 
     def verify_webhook(self, raw_body: bytes, headers: Mapping[str, str]) -> WebhookEvent:
         """Verify the signature over the raw body with the SDK's helper; raise InvalidWebhook otherwise."""

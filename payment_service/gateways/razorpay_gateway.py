@@ -557,6 +557,18 @@ class RazorpayGateway:
     def retrieve_payout(self, gateway_payout_id: str) -> PayoutResult:
         return self._payout_result(self._call(self.client.get, f"/v1/payouts/{gateway_payout_id}", {}))
 
+    # --- withdrawals: find a payout by our id, for a withdrawal whose creation response was lost ---
+    def find_payout(self, reference: str) -> PayoutResult | None:
+        found = self._call(
+            self.client.get,
+            "/v1/payouts",
+            {"account_number": self.payout_account_number, "reference_id": reference},
+        )
+        items = [p for p in found.get("items", []) if p.get("reference_id") == reference]
+        return self._payout_result(items[0]) if items else None
+
+    # --- end withdrawals ---
+
     @staticmethod
     def _payout_result(payout: Mapping[str, Any]) -> PayoutResult:
         status = PAYOUT_STATUSES.get(str(payout.get("status")), PayoutStatus.PROCESSING)

@@ -445,6 +445,12 @@ class StripeGateway:
     def retrieve_payout(self, gateway_payout_id: str) -> PayoutResult:
         raise GatewayError("stripe payouts not supported", code="not_supported")
 
+    # --- withdrawals ---
+    def find_payout(self, reference: str) -> PayoutResult | None:
+        raise GatewayError("stripe payouts not supported", code="not_supported")
+
+    # --- end withdrawals ---
+
     # -- webhooks -----------------------------------------------------------------------------
 
     def verify_webhook(self, raw_body: bytes, headers: Mapping[str, str]) -> WebhookEvent:

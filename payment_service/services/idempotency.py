@@ -22,7 +22,8 @@ from .unit_of_work import AbstractUnitOfWork
 
 IN_PROGRESS = "IN_PROGRESS"
 COMPLETED = "COMPLETED"
-# How long a request may hold its key before another may take it over (a crashed holder).
+# How long a request may hold its key before another may take it over (a crashed holder). It must
+# outlast the slowest honest request (a gateway call times out after GATEWAY_TIMEOUT_SECONDS).
 LOCK_SECONDS = 60
 
 
@@ -54,6 +55,7 @@ def claim(
     resource_prefix: str,
     ttl_seconds: int,
     now: Callable[[], datetime] = utcnow,
+    lock_seconds: float = LOCK_SECONDS,
 ) -> Claim:
     for _ in range(2):
         t = now()
@@ -68,7 +70,7 @@ def claim(
             created_at=t,
             expires_at=t + timedelta(seconds=ttl_seconds),
             resource_id=ids.new_id(resource_prefix),
-            locked_until=t + timedelta(seconds=LOCK_SECONDS),
+            locked_until=t + timedelta(seconds=lock_seconds),
         )
         with uow_factory() as uow:
             inserted = uow.idempotency.insert(record)
@@ -87,7 +89,7 @@ def claim(
             return Claim(existing, replay=True)
         t = now()
         with uow_factory() as uow:
-            taken = uow.idempotency.take_over(existing.id, t, t + timedelta(seconds=LOCK_SECONDS))
+            taken = uow.idempotency.take_over(existing.id, t, t + timedelta(seconds=lock_seconds))
             uow.commit()
         if not taken:
             raise IdempotencyKeyInUse("a request with this Idempotency-Key is still in progress; retry later")

@@ -13,6 +13,7 @@ from typing import Any
 
 from ..domain.events import Event
 from ..domain.payments import IdempotencyRecord, InboxEvent, Page, PageCursor, Payment, PaymentMethod, Refund
+from ..domain.withdrawals import Withdrawal  # --- withdrawals ---
 
 
 class PaymentRepository(abc.ABC):
@@ -52,6 +53,18 @@ class PaymentRepository(abc.ABC):
     def stuck_pending(self, updated_before: datetime, limit: int) -> list[Payment]:
         """PENDING payments not touched since `updated_before` (the reconciliation scan)."""
 
+    # --- refunds: the payment's refunded_amount, guarded in SQL ---
+    @abc.abstractmethod
+    def reserve_refund(self, payment_id: str, amount: int, at: datetime) -> bool:
+        """Add `amount` to refunded_amount if, and only if, the payment is CAPTURED and the total stays
+        within what it captured; True if reserved."""
+
+    @abc.abstractmethod
+    def release_refund(self, payment_id: str, amount: int, at: datetime) -> None:
+        """Give back an amount reserved by a refund that failed."""
+
+    # --- end refunds ---
+
 
 class PaymentMethodRepository(abc.ABC):
     @abc.abstractmethod
@@ -82,6 +95,63 @@ class RefundRepository(abc.ABC):
 
     @abc.abstractmethod
     def get(self, refund_id: str) -> Refund | None: ...
+
+    # --- refunds ---
+    @abc.abstractmethod
+    def transition(self, refund_id: str, new_status: str, allowed_from: Sequence[str], **changes: Any) -> bool:
+        """Move one refund if, and only if, its status is still one of `allowed_from`; True if it moved."""
+
+    @abc.abstractmethod
+    def update(self, refund_id: str, **changes: Any) -> None: ...
+
+    @abc.abstractmethod
+    def find_by_gateway_id(self, gateway_refund_id: str) -> Refund | None: ...
+
+    @abc.abstractmethod
+    def list_for_payment(self, payment_id: str) -> list[Refund]:
+        """The payment's refunds, oldest first."""
+
+    @abc.abstractmethod
+    def stuck_pending(self, updated_before: datetime, limit: int) -> list[Refund]:
+        """PENDING refunds not touched since `updated_before` (the refund retry scan)."""
+
+    # --- end refunds ---
+
+
+# --- withdrawals ---
+class WithdrawalRepository(abc.ABC):
+    @abc.abstractmethod
+    def add(self, withdrawal: Withdrawal) -> None: ...
+
+    @abc.abstractmethod
+    def get(self, withdrawal_id: str, *, for_update: bool = False) -> Withdrawal | None: ...
+
+    @abc.abstractmethod
+    def transition(
+        self,
+        withdrawal_id: str,
+        new_status: str,
+        allowed_from: Sequence[str],
+        *,
+        updated_before: datetime | None = None,
+        **changes: Any,
+    ) -> bool:
+        """Move one withdrawal if its status is still one of `allowed_from` (and, with `updated_before`,
+        nobody touched it since); True if it moved. new_status may equal the old one: a guarded touch."""
+
+    @abc.abstractmethod
+    def update(self, withdrawal_id: str, **changes: Any) -> None:
+        """Change fields that are not the status (gateway references, updated_at)."""
+
+    @abc.abstractmethod
+    def find_by_gateway_id(self, gateway_payout_id: str) -> Withdrawal | None: ...
+
+    @abc.abstractmethod
+    def stuck(self, status: str, updated_before: datetime, limit: int) -> list[Withdrawal]:
+        """Withdrawals in `status` not touched since `updated_before`, oldest first (the worker's scans)."""
+
+
+# --- end withdrawals ---
 
 
 class IdempotencyRepository(abc.ABC):
@@ -141,6 +211,9 @@ class AbstractUnitOfWork(abc.ABC):
     idempotency: IdempotencyRepository
     outbox: OutboxRepository
     gateway_events: GatewayEventRepository
+    # --- withdrawals ---
+    withdrawals: WithdrawalRepository
+    # --- end withdrawals ---
 
     def __enter__(self) -> AbstractUnitOfWork:
         return self

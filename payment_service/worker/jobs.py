@@ -18,7 +18,7 @@ from sqlalchemy import delete, select
 from ..adapters.orm import IdempotencyKeyRow
 from ..bootstrap import Container
 from ..domain.events import utcnow
-from ..services import jobs, webhooks
+from ..services import jobs, refunds, webhooks, withdrawals  # refunds, withdrawals: also register webhook handlers
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +49,34 @@ def purge(container: Container) -> dict[str, int]:
     return out
 
 
+# --- refunds and withdrawals: retry PENDING refunds, poll PROCESSING payouts, retry REQUESTED ones ---
+
+
+def withdrawal_settings(container: Container) -> withdrawals.WithdrawalSettings:
+    s = container.settings
+    return withdrawals.WithdrawalSettings(
+        poll_after_seconds=s.PAYOUT_POLL_AFTER_SECONDS,
+        retry_after_seconds=s.WITHDRAWAL_RETRY_AFTER_SECONDS,
+        give_up_after_seconds=s.WITHDRAWAL_GIVE_UP_AFTER_SECONDS,
+    )
+
+
+def retry_refunds(container: Container) -> int:
+    c = container
+    return refunds.retry_pending_refunds(c.uow_factory, c.gateways(), c.settings.REFUND_RETRY_AFTER_SECONDS)
+
+
+def resolve_payouts(container: Container) -> dict[str, int]:
+    c, ws = container, withdrawal_settings(container)
+    return {
+        "polled": withdrawals.poll_processing_payouts(c.uow_factory, c.gateways(), ws),
+        "retried": withdrawals.retry_requested_withdrawals(c.uow_factory, c.gateways(), ws),
+    }
+
+
+# --- end refunds and withdrawals ---
+
+
 def run_all_once(container: Container) -> dict[str, Any]:
     """Each job once, in order: for tests and for `payment-service worker --once`."""
     c, settings = container, container.payment_settings()
@@ -59,6 +87,10 @@ def run_all_once(container: Container) -> dict[str, Any]:
             c.uow_factory, c.gateways(), settings, c.settings.RECONCILE_AFTER_SECONDS
         ),
         "purged": purge(c),
+        # --- refunds and withdrawals ---
+        "refunds_retried": retry_refunds(c),
+        "payouts": resolve_payouts(c),
+        # --- end refunds and withdrawals ---
     }
 
 
@@ -91,6 +123,16 @@ def build_scheduler(container: Container, scheduler: BackgroundScheduler | None 
         "interval", seconds=s.WORKER_RECONCILE_INTERVAL_SECONDS, id="reconcile_pending", **job_defaults,
     )
     sched.add_job(_guarded("purge", lambda: purge(c)), "interval", seconds=3600, id="purge", **job_defaults)
+    # --- refunds and withdrawals ---
+    sched.add_job(
+        _guarded("refunds", lambda: retry_refunds(c)),
+        "interval", seconds=s.WORKER_REFUND_INTERVAL_SECONDS, id="retry_pending_refunds", **job_defaults,
+    )
+    sched.add_job(
+        _guarded("payouts", lambda: resolve_payouts(c)),
+        "interval", seconds=s.WORKER_PAYOUT_INTERVAL_SECONDS, id="resolve_payouts", **job_defaults,
+    )
+    # --- end refunds and withdrawals ---
     return sched
 
 

@@ -36,6 +36,8 @@ def test_api_killed_mid_charge_then_reconciled(api_env, e2e_sandbox, tmp_path: P
     requests.post(e2e_sandbox.url + "/_sandbox/faults", json={"mode": "latency", "latency_ms": 2000,
                                                               "path": "/stripe/v1/payment_intents$", "method": "POST",
                                                               "remaining": 1}, timeout=5)
+    # A dead request holds its key until the lock lapses (409 idempotency_key_in_use till then).
+    api_env = {**api_env, "IDEMPOTENCY_LOCK_SECONDS": "3"}
     api, url = start_api(api_env, tmp_path, workers=1)
 
     def client() -> None:

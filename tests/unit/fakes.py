@@ -18,6 +18,7 @@ from payment_service.domain.payments import (
     PaymentMethod,
     Refund,
 )
+from payment_service.domain.withdrawals import Withdrawal  # --- withdrawals ---
 from payment_service.gateways.base import (
     CardDetails,
     ChargeRequest,
@@ -25,7 +26,9 @@ from payment_service.gateways.base import (
     ChargeStatus,
     GatewayError,
     GatewayUnavailableError,
+    PayoutRequest,  # --- withdrawals ---
     PayoutResult,
+    PayoutStatus,  # --- withdrawals ---
     RefundResult,
     RefundStatus,
     SavedMethod,
@@ -46,6 +49,9 @@ class _Store:
         self.outbox: list[Event] = []
         self.inbox: dict[int, InboxEvent] = {}
         self.ids = itertools.count(1)
+        # --- withdrawals ---
+        self.withdrawals: dict[str, Withdrawal] = {}
+        # --- end withdrawals ---
 
 
 class FakePayments(abstract.PaymentRepository):
@@ -101,6 +107,22 @@ class FakePayments(abstract.PaymentRepository):
     def stuck_pending(self, updated_before: datetime, limit: int) -> list[Payment]:
         return [copy.deepcopy(p) for p in self.db.values()
                 if p.status == "PENDING" and p.updated_at < updated_before][:limit]
+
+    # --- refunds ---
+    def reserve_refund(self, payment_id: str, amount: int, at: datetime) -> bool:
+        p = self.db.get(payment_id)
+        if p is None or p.status != "CAPTURED" or p.refunded_amount + amount > p.amount:
+            return False
+        self.db[payment_id] = Payment(**{**vars(p), "refunded_amount": p.refunded_amount + amount, "updated_at": at})
+        return True
+
+    def release_refund(self, payment_id: str, amount: int, at: datetime) -> None:
+        p = self.db[payment_id]
+        if p.refunded_amount >= amount:
+            self.db[payment_id] = Payment(**{**vars(p), "refunded_amount": p.refunded_amount - amount,
+                                             "updated_at": at})
+
+    # --- end refunds ---
 
 
 class FakeGatewayEvents(abstract.GatewayEventRepository):
@@ -179,6 +201,69 @@ class FakeRefunds(abstract.RefundRepository):
     def get(self, refund_id: str) -> Refund | None:
         return self.db.get(refund_id)
 
+    # --- refunds ---
+    def transition(self, refund_id: str, new_status: str, allowed_from: Sequence[str], **changes: Any) -> bool:
+        r = self.db.get(refund_id)
+        if r is None or r.status not in allowed_from:
+            return False
+        self.db[refund_id] = Refund(**{**vars(r), **changes, "status": new_status})
+        return True
+
+    def update(self, refund_id: str, **changes: Any) -> None:
+        self.db[refund_id] = Refund(**{**vars(self.db[refund_id]), **changes})
+
+    def find_by_gateway_id(self, gateway_refund_id: str) -> Refund | None:
+        return next((r for r in self.db.values() if r.gateway_refund_id == gateway_refund_id), None)
+
+    def list_for_payment(self, payment_id: str) -> list[Refund]:
+        return sorted((r for r in self.db.values() if r.payment_id == payment_id), key=lambda r: (r.created_at, r.id))
+
+    def stuck_pending(self, updated_before: datetime, limit: int) -> list[Refund]:
+        return [copy.deepcopy(r) for r in self.db.values()
+                if r.status == "PENDING" and r.updated_at < updated_before][:limit]
+
+    # --- end refunds ---
+
+
+# --- withdrawals ---------------------------------------------------------------------------
+
+
+class FakeWithdrawals(abstract.WithdrawalRepository):
+    def __init__(self, db: dict[str, Withdrawal]) -> None:
+        self.db = db
+
+    def add(self, withdrawal: Withdrawal) -> None:
+        assert withdrawal.id not in self.db
+        self.db[withdrawal.id] = copy.deepcopy(withdrawal)
+
+    def get(self, withdrawal_id: str, *, for_update: bool = False) -> Withdrawal | None:
+        w = self.db.get(withdrawal_id)
+        return copy.deepcopy(w) if w else None
+
+    def transition(self, withdrawal_id: str, new_status: str, allowed_from: Sequence[str], *,
+                   updated_before: datetime | None = None, **changes: Any) -> bool:
+        w = self.db.get(withdrawal_id)
+        if w is None or w.status not in allowed_from:
+            return False
+        if updated_before is not None and not w.updated_at < updated_before:
+            return False
+        self.db[withdrawal_id] = Withdrawal(**{**vars(w), **changes, "status": new_status})
+        return True
+
+    def update(self, withdrawal_id: str, **changes: Any) -> None:
+        self.db[withdrawal_id] = Withdrawal(**{**vars(self.db[withdrawal_id]), **changes})
+
+    def find_by_gateway_id(self, gateway_payout_id: str) -> Withdrawal | None:
+        return copy.deepcopy(next((w for w in self.db.values() if w.gateway_payout_id == gateway_payout_id), None))
+
+    def stuck(self, status: str, updated_before: datetime, limit: int) -> list[Withdrawal]:
+        rows = sorted((w for w in self.db.values() if w.status == status and w.updated_at < updated_before),
+                      key=lambda w: w.updated_at)
+        return [copy.deepcopy(w) for w in rows[:limit]]
+
+
+# --- end withdrawals -----------------------------------------------------------------------
+
 
 class FakeIdempotency(abstract.IdempotencyRepository):
     def __init__(self, store: _Store) -> None:
@@ -246,6 +331,10 @@ class FakeUnitOfWork(abstract.AbstractUnitOfWork):
         self.idempotency = FakeIdempotency(self.store)  # keys commit at once; the services commit right away
         self.outbox = FakeOutbox(self._outbox)
         self.gateway_events = FakeGatewayEvents(self.store)  # like idempotency keys: immediate
+        # --- withdrawals ---
+        self._withdrawals = copy.deepcopy(self.store.withdrawals)
+        self.withdrawals = FakeWithdrawals(self._withdrawals)
+        # --- end withdrawals ---
         return self
 
     def commit(self) -> None:
@@ -257,6 +346,10 @@ class FakeUnitOfWork(abstract.AbstractUnitOfWork):
         self.store.customers.update(self._work["customers"])
         self.store.refunds.clear()
         self.store.refunds.update(self._work["refunds"])
+        # --- withdrawals ---
+        self.store.withdrawals.clear()
+        self.store.withdrawals.update(self._withdrawals)
+        # --- end withdrawals ---
         self.store.outbox.extend(self._outbox)
         self._outbox.clear()
         self.committed = True
@@ -376,3 +469,104 @@ class FakeGateway:
 
     def payout_result_from_event(self, event: WebhookEvent) -> PayoutResult | None:
         return None
+
+
+# --- refunds and withdrawals: a gateway whose refunds and payouts can be steered by the test --------
+
+
+class FakeMoneyOutGateway(FakeGateway):
+    """FakeGateway plus refunds that may be pending, fail or time out, and RazorpayX-like payouts.
+
+    Events: payload {"refund": {"id", "status", "amount", "failure_reason"}} (our refund statuses) or
+    {"payout": {"id", "status", "utr", "failure_reason"}} (Razorpay's payout statuses, or ours)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.refund_status = RefundStatus.SUCCEEDED
+        self.refund_error: GatewayError | None = None
+        self.refund_lost_response = False  # do the refund, then raise as if the answer was lost
+        self.refund_calls: list[tuple[str, int, str, str]] = []  # (gateway payment id, amount, reference, key)
+        self.refund_state: dict[str, RefundResult] = {}
+        self.payout_status = PayoutStatus.PROCESSING
+        self.payout_error: GatewayError | None = None
+        self.payout_unavailable = False
+        self.payout_lost_response = False
+        self.payout_calls: list[PayoutRequest] = []
+        self.payout_by_key: dict[str, str] = {}
+        self.payout_state: dict[str, PayoutResult] = {}
+        self.payout_refs: dict[str, str] = {}  # payout id -> our withdrawal id
+
+    # refunds
+    def refund(self, gateway_payment_id, amount, currency, *, reference, idempotency_key) -> RefundResult:
+        self.refund_calls.append((gateway_payment_id, amount, reference, idempotency_key))
+        if self.unavailable:
+            raise GatewayUnavailableError("down")
+        if self.refund_error is not None:
+            raise self.refund_error
+        if idempotency_key not in self.refunds:
+            result = RefundResult(f"re_g{len(self.refunds) + 1}", self.refund_status, amount,
+                                  "declined by the bank" if self.refund_status is RefundStatus.FAILED else None)
+            self.refunds[idempotency_key] = result
+            self.refund_state[result.gateway_refund_id] = result
+        if self.refund_lost_response:
+            raise GatewayUnavailableError("lost response")
+        return self.refund_state[self.refunds[idempotency_key].gateway_refund_id]
+
+    def retrieve_refund(self, gateway_refund_id: str, gateway_payment_id: str | None = None) -> RefundResult:
+        if self.unavailable:
+            raise GatewayUnavailableError("down")
+        return self.refund_state[gateway_refund_id]
+
+    def refund_result_from_event(self, event: WebhookEvent) -> RefundResult | None:
+        r = event.payload.get("refund")
+        if r is None:
+            return None
+        return RefundResult(r["id"], RefundStatus(r["status"]), r.get("amount", 0), r.get("failure_reason"))
+
+    # payouts
+    def create_payout(self, request: PayoutRequest) -> PayoutResult:
+        self.payout_calls.append(request)
+        if self.payout_unavailable:
+            raise GatewayUnavailableError("down")
+        if self.payout_error is not None:
+            raise self.payout_error
+        if request.idempotency_key not in self.payout_by_key:
+            pid = f"pout_{len(self.payout_by_key) + 1}"
+            self.payout_by_key[request.idempotency_key] = pid
+            self.payout_refs[pid] = request.reference
+            self.payout_state[pid] = PayoutResult(pid, self.payout_status, fund_account_ref=f"fa_{pid}",
+                                                  utr="UTR" + pid if self.payout_status is PayoutStatus.SETTLED
+                                                  else None)
+        if self.payout_lost_response:
+            raise GatewayUnavailableError("lost response")
+        return self.payout_state[self.payout_by_key[request.idempotency_key]]
+
+    def retrieve_payout(self, gateway_payout_id: str) -> PayoutResult:
+        if self.payout_unavailable:
+            raise GatewayUnavailableError("down")
+        return self.payout_state[gateway_payout_id]
+
+    def find_payout(self, reference: str) -> PayoutResult | None:
+        if self.payout_unavailable:
+            raise GatewayUnavailableError("down")
+        pid = next((p for p, ref in self.payout_refs.items() if ref == reference), None)
+        return None if pid is None else self.payout_state[pid]
+
+    def move_payout(self, payout_id: str, status: PayoutStatus, utr: str | None = None,
+                    reason: str | None = None) -> PayoutResult:
+        current = self.payout_state[payout_id]
+        moved = PayoutResult(payout_id, status, current.fund_account_ref, utr or current.utr, reason)
+        self.payout_state[payout_id] = moved
+        return moved
+
+    def payout_result_from_event(self, event: WebhookEvent) -> PayoutResult | None:
+        p = event.payload.get("payout")
+        if p is None:
+            return None
+        from payment_service.gateways.razorpay_gateway import PAYOUT_STATUSES  # Razorpay's words -> ours
+
+        status = PAYOUT_STATUSES.get(p["status"]) or PayoutStatus(p["status"])
+        return PayoutResult(p["id"], status, utr=p.get("utr"), failure_reason=p.get("failure_reason"))
+
+
+# --- end refunds and withdrawals -----------------------------------------------------------
