@@ -230,10 +230,16 @@ class OutboxEventRow(Base):
     payload: Mapped[str] = mapped_column(Text)  # the CloudEvents JSON document, as published
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     published_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # --- relay (migration 0002): a row that can never be published (a card number in its payload,
+    # a payload that is not JSON, too large for the broker) is set aside with the reason, never sent.
+    quarantined_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    # --- end relay
 
     __table_args__ = (
         UniqueConstraint("event_id"),
-        # The relay's claim: published_at IS NULL ORDER BY id; and the purge of old published rows.
+        # The relay's claim: published_at IS NULL (AND quarantined_at IS NULL, a handful at most)
+        # ORDER BY id; and the purge of old published rows.
         Index("ix_outbox_events_published_id", "published_at", "id"),
     )
 
@@ -287,3 +293,24 @@ class ApiKeyRow(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     __table_args__ = (UniqueConstraint("key_hash"), Index("ix_api_keys_client", "client_id"))
+
+
+# --- relay: leader lease (migration 0002) -----------------------------------------------------
+
+
+class RelayLeaseRow(Base):
+    """One row per elected role ("outbox"): who holds it and until when, by the database's clock.
+
+    ``fencing`` goes up by one each time the lease changes hands, so a holder can tell whether
+    someone else held it in between.
+    """
+
+    __tablename__ = "relay_leases"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str | None] = mapped_column(String(128))
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    fencing: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+# --- end relay ------------------------------------------------------------------------------

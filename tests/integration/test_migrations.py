@@ -12,7 +12,7 @@ from payment_service.adapters.orm import Base
 
 EXPECTED_TABLES = {
     "payments", "payment_methods", "withdrawal_requests", "refunds", "gateway_events", "outbox_events",
-    "idempotency_keys", "api_clients", "api_keys", "gateway_customers",
+    "idempotency_keys", "api_clients", "api_keys", "gateway_customers", "relay_leases",
 }
 
 

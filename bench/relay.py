@@ -1,0 +1,330 @@
+"""Benchmark: the outbox relay's throughput against a bare producer, and its commit-to-ack latency.
+
+Not a test: it prints figures. It starts its own MariaDB and Tansu broker (or uses TEST_DATABASE_URL
+and TEST_KAFKA_BOOTSTRAP_SERVERS), then:
+
+1. throughput: pre-fills N outbox rows (CloudEvents payloads as the services write them, over
+   `--users` users) and times the relay draining them to the broker, every row marked published;
+   in the same run a bare idempotent confluent-kafka producer sends the same messages (key, value,
+   headers precomputed) to give the ceiling. Prints both and the ratio.
+2. latency: writer processes commit one event per transaction at a steady `--rate` for
+   `--seconds` while the relay runs; the relay's `on_delivered` hook stamps each broker ack, the
+   writers stamp each commit. Prints commit-to-ack p50/p95/p99, and beside it broker-to-consumer
+   (a TopicReader in another process: Tansu's fetch path adds a few hundred ms, that part is the broker's).
+
+    .venv/bin/python bench/relay.py [--events 20000] [--rate 1000] [--seconds 10] [--batch-size 5000]
+                                    [--poll-ms 5] [--linger-ms 5] [--writers 4] [--durable]
+
+BENCH_DEBUG=1 also lists the events slower than 50 ms (when, and how slow).
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import statistics
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from confluent_kafka import Producer  # noqa: E402
+from sqlalchemy import Engine, func, insert, select  # noqa: E402
+from sqlalchemy.orm import Session  # noqa: E402
+
+from config import load_settings  # noqa: E402
+from payment_service.adapters import migrate  # noqa: E402
+from payment_service.adapters.orm import OutboxEventRow  # noqa: E402
+from payment_service.adapters.outbox import serialize_event  # noqa: E402
+from payment_service.adapters.repository import SqlOutboxRepository  # noqa: E402
+from payment_service.bootstrap import make_engine  # noqa: E402
+from payment_service.domain.events import Event, EventType  # noqa: E402
+from payment_service.localparts.broker import TansuBroker, create_topic  # noqa: E402
+from payment_service.localparts.kafka_testing import TopicReader  # noqa: E402
+from payment_service.localparts.mariadb import MariaDBServer  # noqa: E402
+from payment_service.worker.relay import CONTENT_TYPE, Delivered, OutboxRelay, sign  # noqa: E402
+
+SIGNING_KEY = "bench-signing-key"
+
+
+def pct(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
+
+
+def captured(user: str, n: int) -> Event:
+    pid = f"pay_{uuid.uuid4().hex[:24]}"
+    return Event(
+        EventType.PAYMENT_CAPTURED, pid, user,
+        {"payment_id": pid, "user_id": user, "amount": 50000 + n, "currency": "INR", "gateway": "stripe",
+         "gateway_payment_id": f"pi_{uuid.uuid4().hex[:24]}", "captured_at": "2026-11-21T10:00:00.000Z"},
+    )
+
+
+def prefill(engine: Engine, n: int, users: int) -> None:
+    t = OutboxEventRow.__table__
+    chunk = 2000
+    with engine.begin() as conn:
+        for start in range(0, n, chunk):
+            rows = []
+            for i in range(start, min(n, start + chunk)):
+                e = captured(f"u_{i % users}", i)
+                rows.append({"event_id": e.id, "event_type": e.type.value, "subject": e.subject, "user_id": e.user_id,
+                             "payload": serialize_event(e), "created_at": e.time, "published_at": None})
+            conn.execute(insert(t), rows)
+
+
+def published(engine: Engine) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(select(func.count()).select_from(OutboxEventRow)
+                                .where(OutboxEventRow.published_at.is_not(None))).scalar_one())
+
+
+def raw_ceiling(bootstrap: str, topic: str, messages: list[tuple[bytes, bytes, list[tuple[str, bytes]]]],
+                linger_ms: int) -> float:
+    """Events/s of a bare idempotent producer sending these messages, all delivery reports received."""
+    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "acks": "all",
+                         "linger.ms": linger_ms, "partitioner": "murmur2_random"})
+    done = [0]
+    failed = [0]
+
+    def report(err: Any, _msg: Any) -> None:
+        if err is None:
+            done[0] += 1
+        else:
+            failed[0] += 1
+
+    t0 = time.perf_counter()
+    for i, (key, value, headers) in enumerate(messages):
+        while True:
+            try:
+                producer.produce(topic, key=key, value=value, headers=headers, on_delivery=report)
+                break
+            except BufferError:
+                producer.poll(0.01)
+        if i % 1000 == 999:
+            producer.poll(0)
+    producer.flush(60)
+    elapsed = time.perf_counter() - t0
+    assert done[0] == len(messages) and not failed[0], (done, failed)
+    return len(messages) / elapsed
+
+
+# --- latency phase: writers and a consumer in processes of their own ---------------------------
+
+
+def writer_proc(url: str, rate: float, seconds: float, users: int, index: int, ready: Any, go: Any,
+                out: Any) -> None:
+    engine = make_engine(url, pool_size=2)
+    with engine.connect():
+        pass
+    ready.put(index)
+    go.wait()  # every process started and warm: process start-up must not count as relay latency
+    commits: dict[str, float] = {}
+    t0 = time.time()
+    k = 0
+    while True:
+        due = t0 + k / rate
+        if due - t0 >= seconds:
+            break
+        delay = due - time.time()
+        if delay > 0:
+            time.sleep(delay)
+        e = captured(f"u_{(k * 7 + index) % users}", k)
+        with Session(engine) as session:
+            SqlOutboxRepository(session).add(e)
+            session.commit()
+        commits[e.id] = time.time()
+        k += 1
+    engine.dispose()
+    out.put(commits)
+
+
+def reader_proc(bootstrap: str, topic: str, stop_after: float, ready: Any, go: Any, out: Any) -> None:
+    received: dict[str, float] = {}
+    with TopicReader(bootstrap, topic) as reader:
+        reader.poll(0.1)
+        ready.put("reader")
+        go.wait()
+        deadline = time.time() + stop_after
+        while time.time() < deadline:
+            for r in reader.poll(0.1):
+                eid = (r.header("event_id") or b"").decode()
+                received.setdefault(eid, time.time())
+            reader.records.clear()
+    out.put(received)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--events", type=int, default=20000, help="rows for the throughput run")
+    ap.add_argument("--users", type=int, default=500)
+    ap.add_argument("--rate", type=float, default=1000, help="events/s written during the latency run")
+    ap.add_argument("--seconds", type=float, default=10, help="length of the latency run")
+    ap.add_argument("--writers", type=int, default=4, help="writer processes sharing --rate")
+    ap.add_argument("--batch-size", type=int, default=None, help="relay rows per round (default: RELAY_BATCH_SIZE)")
+    ap.add_argument("--poll-ms", type=float, default=5, help="relay poll interval when idle")
+    ap.add_argument("--linger-ms", type=int, default=5, help="linger.ms of both producers (the relay's default: 5)")
+    ap.add_argument("--durable", action="store_true", help="MariaDB with fsync at each commit (default: relaxed)")
+    args = ap.parse_args()
+
+    started = time.monotonic()
+    db_server = broker = None
+    url = os.environ.get("TEST_DATABASE_URL")
+    bootstrap = os.environ.get("TEST_KAFKA_BOOTSTRAP_SERVERS")
+    try:
+        if not url:
+            db_server = MariaDBServer(durable=args.durable).start()
+            url = db_server.url
+        if not bootstrap:
+            broker = TansuBroker().start()
+            bootstrap = broker.bootstrap
+        db_name = f"bench_relay_{uuid.uuid4().hex[:8]}"
+        from payment_service.localparts.mariadb import create_database_at, drop_database_at
+
+        db_url = create_database_at(url, db_name)
+        try:
+            run(args, db_url, bootstrap)
+        finally:
+            drop_database_at(url, db_name)
+    finally:
+        if broker is not None:
+            broker.stop()
+        if db_server is not None:
+            db_server.stop()
+    print(f"\n(total {time.monotonic() - started:.0f} s)")
+
+
+def run(args: argparse.Namespace, db_url: str, bootstrap: str) -> None:
+    migrate.upgrade(db_url)
+    engine = make_engine(db_url, pool_size=4)
+    tag = uuid.uuid4().hex[:6]
+    relay_kw: dict[str, Any] = {
+        "batch_size": args.batch_size,
+        "poll_interval": args.poll_ms / 1000,
+        "producer_config": {"linger.ms": args.linger_ms},
+    }
+
+    def settings_for(topic: str) -> Any:
+        return load_settings(env={}, DATABASE_URL=db_url, KAFKA_BOOTSTRAP_SERVERS=bootstrap, EVENTS_TOPIC=topic,
+                             EVENT_SIGNING_KEY=SIGNING_KEY, EVENT_SIGNING_KEY_ID="bench-1")
+
+    print(f"cpus: {os.cpu_count()}; database: MariaDB ({'durable' if args.durable else 'relaxed fsync'}); "
+          f"broker: {'Tansu (memory)' if not os.environ.get('TEST_KAFKA_BOOTSTRAP_SERVERS') else bootstrap}")
+
+    # 1. throughput --------------------------------------------------------------------------
+    prefill(engine, args.events, args.users)
+    with engine.connect() as conn:
+        rows = list(conn.execute(select(OutboxEventRow.user_id, OutboxEventRow.payload, OutboxEventRow.event_id,
+                                        OutboxEventRow.event_type).order_by(OutboxEventRow.id)))
+    messages = []
+    for user_id, payload, event_id, event_type in rows:
+        value = payload.encode()
+        messages.append((user_id.encode(), value, [
+            ("event_id", event_id.encode()), ("event_type", event_type.encode()),
+            ("signature", sign(value, SIGNING_KEY).encode()), ("signature_key_id", b"bench-1"),
+            ("content-type", CONTENT_TYPE)]))
+    raw_topic, relay_topic, latency_topic = (f"bench.{name}.{tag}" for name in ("raw", "relay", "latency"))
+    for topic in (raw_topic, relay_topic, latency_topic):
+        create_topic(bootstrap, topic, partitions=6)
+    raw = raw_ceiling(bootstrap, raw_topic, messages, args.linger_ms)
+    del messages
+
+    total = args.events
+    done = threading.Event()
+    count = [0]
+
+    def on_delivered(batch: Any) -> None:
+        count[0] += len(batch)
+        if count[0] >= total:
+            done.set()
+
+    relay = OutboxRelay(engine, settings_for(relay_topic), on_delivered=on_delivered, **relay_kw)
+    thread = threading.Thread(target=relay.run, daemon=True)
+    t0 = time.perf_counter()
+    thread.start()
+    finished = done.wait(max(60.0, total / 500))
+    elapsed = time.perf_counter() - t0
+    relay.stop()
+    thread.join(30)
+    assert finished, f"relay published {count[0]} of {total} in {elapsed:.0f} s"
+    assert published(engine) == total
+    relay_rate = total / elapsed
+    print(f"\nthroughput, {total} pre-filled rows, {args.users} users, batch {relay.batch_size}, "
+          f"linger.ms {args.linger_ms}")
+    print(f"  bare idempotent producer (ceiling) {raw:10,.0f} events/s")
+    print(f"  relay (drained, marked published)  {relay_rate:10,.0f} events/s   "
+          f"({relay_rate / raw:.0%} of the ceiling)")
+
+    # 2. commit-to-ack latency at a steady rate ----------------------------------------------
+    ctx = mp.get_context("spawn")
+    acks: dict[str, float] = {}
+
+    def record_acks(batch: list[Delivered]) -> None:
+        for d in batch:
+            acks[d.event_id] = d.acked_at
+
+    relay = OutboxRelay(engine, settings_for(latency_topic), on_delivered=record_acks, **relay_kw)
+    thread = threading.Thread(target=relay.run, daemon=True)
+    thread.start()
+    while not relay.is_leader:  # the previous relay released the lease: this one leads at once
+        time.sleep(0.01)
+    results: Any = ctx.Queue()
+    received_q: Any = ctx.Queue()
+    ready: Any = ctx.Queue()
+    go: Any = ctx.Event()
+    reader = ctx.Process(target=reader_proc,
+                         args=(bootstrap, latency_topic, args.seconds + 15, ready, go, received_q))
+    reader.start()
+    per_writer = args.rate / args.writers
+    writers = [ctx.Process(target=writer_proc,
+                           args=(db_url, per_writer, args.seconds, args.users, i, ready, go, results))
+               for i in range(args.writers)]
+    for w in writers:
+        w.start()
+    for _ in range(args.writers + 1):
+        ready.get(timeout=120)
+    time.sleep(0.5)  # let the last process settle before the clock starts
+    go.set()
+    commits: dict[str, float] = {}
+    for _ in writers:
+        commits.update(results.get(timeout=args.seconds + 120))
+    for w in writers:
+        w.join(30)
+    deadline = time.monotonic() + 30
+    while len(acks) < len(commits) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    relay.stop()
+    thread.join(30)
+    received: dict[str, float] = received_q.get(timeout=args.seconds + 60)
+    reader.join(30)
+
+    span = max(commits.values()) - min(commits.values()) if commits else 0.0
+    commit_to_ack = [1000 * (acks[e] - c) for e, c in commits.items() if e in acks]
+    ack_to_consumer = [1000 * (received[e] - acks[e]) for e in commits if e in received and e in acks]
+    print(f"\nlatency, {len(commits)} events committed one per transaction by {args.writers} writers "
+          f"at {len(commits) / span if span else 0:,.0f} events/s (asked {args.rate:,.0f}) for {args.seconds:.0f} s; "
+          f"poll {args.poll_ms:g} ms")
+    print(f"  acked {len(commit_to_ack)} of {len(commits)}; read back {len(ack_to_consumer)}")
+    if os.environ.get("BENCH_DEBUG"):
+        t_first = min(commits.values())
+        slow = sorted((round(c - t_first, 2), round(1000 * (acks[e] - c))) for e, c in commits.items()
+                      if e in acks and acks[e] - c > 0.05)
+        print("  slow (s after start, ms):", slow[:40], len(slow))
+    for name, values in (("commit -> broker ack", commit_to_ack), ("broker ack -> consumer (Tansu)", ack_to_consumer)):
+        if values:
+            print(f"  {name:32s} p50 {pct(values, 50):8.1f} ms  p95 {pct(values, 95):8.1f} ms  "
+                  f"p99 {pct(values, 99):8.1f} ms  max {max(values):8.1f} ms  mean {statistics.fmean(values):8.1f} ms")
+    engine.dispose()
+
+
+if __name__ == "__main__":
+    main()
