@@ -106,9 +106,18 @@ def move_payment(uow: AbstractUnitOfWork, payment: Payment, new: PaymentStatus, 
 
 
 def apply_charge_result(
-    uow_factory: UowFactory, payment_id: str, result: ChargeResult, ttl_3ds: int, now: Clock = utcnow
+    uow_factory: UowFactory,
+    payment_id: str,
+    result: ChargeResult,
+    ttl_3ds: int,
+    now: Clock = utcnow,
+    known: Payment | None = None,
 ) -> Payment:
-    """Apply what the gateway said to the payment; a no-op if another path already moved it."""
+    """Apply what the gateway said to the payment; a no-op if another path already moved it.
+
+    `known` is the payment as the caller holds it (the top-up that just recorded it): it saves
+    reading the row again. Only its unchanging fields are used; the status guard is in SQL.
+    """
     t = now()
     card = result.card
     card_changes: dict[str, object] = {}
@@ -116,7 +125,7 @@ def apply_charge_result(
         card_changes = {"card_brand": card.brand, "card_last4": card.last4, "card_country": card.country}
     after: Payment | None = None
     with uow_factory() as uow:
-        payment = uow.payments.get(payment_id)
+        payment = known if known is not None else uow.payments.get(payment_id)
         if payment is None:
             raise NotFound(f"payment {payment_id} not found")
         gw_id = {"gateway_payment_id": result.gateway_payment_id} if result.gateway_payment_id else {}
@@ -325,7 +334,7 @@ def _charge(
         ) from exc
     except GatewayError as exc:
         result = ChargeResult(ChargeStatus.FAILED, None, failure_code=exc.code, failure_message=str(exc))
-    return apply_charge_result(uow_factory, payment.id, result, settings.pending_3ds_ttl_seconds, now)
+    return apply_charge_result(uow_factory, payment.id, result, settings.pending_3ds_ttl_seconds, now, known=payment)
 
 
 # --- payment methods ----------------------------------------------------------------------
