@@ -38,6 +38,11 @@ from payment_service.localparts.mariadb import MariaDBServer  # noqa: E402
 from tests.support.processes import VENV_BIN, ServiceProcess  # noqa: E402
 
 
+# Keep-alive connections, as a wallet backend or a load balancer would hold them; BENCH_FORCE_CLOSE=1
+# opens a connection per request instead.
+FORCE_CLOSE = os.environ.get("BENCH_FORCE_CLOSE", "0") == "1"
+
+
 def pct(values: list[float], p: float) -> float:
     if not values:
         return float("nan")
@@ -93,7 +98,8 @@ async def _http_level(api_url: str, concurrency: int, seconds: float) -> tuple[i
     ok = errors = 0
     latencies: list[float] = []
     body = json.dumps({"amount": 1000, "currency": "INR", "gateway": "stripe", "token": "pm_card_visa"})
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
+    connector = aiohttp.TCPConnector(limit=concurrency, force_close=FORCE_CLOSE)
+    async with aiohttp.ClientSession(connector=connector) as session:
 
         async def user_loop(i: int) -> None:
             nonlocal ok, errors
@@ -198,6 +204,7 @@ def main() -> None:
     ap.add_argument("--levels", default="1,2,4,8,16,32")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--threads", type=int, default=16)
+    ap.add_argument("--worker-class", default="gthread")
     args = ap.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
 
@@ -222,7 +229,8 @@ def main() -> None:
         "RISK_VELOCITY_MAX_AMOUNT": "100000000000000", "LOG_LEVEL": "WARNING",
     }
     api = ServiceProcess([str(VENV_BIN / "payment-service"), "serve", "--bind", f"127.0.0.1:{api_port}",
-                          "--workers", str(args.workers), "--threads", str(args.threads)], env, REPO, tmp / "api.log")
+                          "--workers", str(args.workers), "--threads", str(args.threads),
+                          "--worker-class", args.worker_class], env, REPO, tmp / "api.log")
     api_url = f"http://127.0.0.1:{api_port}"
     try:
         sandbox.wait_http(f"http://127.0.0.1:{sb_port}/")

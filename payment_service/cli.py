@@ -68,13 +68,19 @@ def db_current() -> None:
 @click.option("--bind", default=lambda: os.environ.get("BIND", "0.0.0.0:8000"), show_default="0.0.0.0:8000")
 @click.option("--workers", type=int, default=lambda: int(os.environ.get("WEB_CONCURRENCY", "2")), show_default="2")
 @click.option("--threads", type=int, default=lambda: int(os.environ.get("GUNICORN_THREADS", "8")), show_default="8")
-def serve(bind: str, workers: int, threads: int) -> None:
+@click.option(
+    "--worker-class",
+    default=lambda: os.environ.get("GUNICORN_WORKER_CLASS", "gthread"),
+    show_default="gthread",
+    help="gunicorn worker class: gthread (threads, keep-alive) or sync (one request per process at a time)",
+)
+def serve(bind: str, workers: int, threads: int, worker_class: str) -> None:
     """Run the HTTP API under gunicorn."""
     gunicorn = shutil.which("gunicorn") or str(Path(sys.executable).with_name("gunicorn"))
     args = [
         gunicorn, "--bind", bind, "--workers", str(workers), "--threads", str(threads),
-        "--worker-class", "gthread", "--timeout", "60", "--graceful-timeout", "20",
-        "--access-logfile", "-", "--access-logformat", '{"access":"%(r)s","status":%(s)s,"ms":%(M)s}',
+        "--worker-class", worker_class, "--timeout", "60", "--graceful-timeout", "20",
+        # No gunicorn access log: the app writes one JSON line per request itself, with its request id.
         "payment_service.api:create_app()",
     ]
     os.execv(gunicorn, args)  # noqa: S606 - replace this process with gunicorn, same environment

@@ -52,6 +52,25 @@ _INSERT_IDEM = insert(_idem)
 _INSERT_OUTBOX = insert(_outbox)
 _INSERT_INBOX = insert(GatewayEventRow.__table__)  # type: ignore[arg-type]
 _PAYMENT_FIELDS = field_names(Payment)
+_VELOCITY = select(
+    func.count(_payments.c.id),
+    # Only money that moved or may still move counts towards the amount limit.
+    func.coalesce(
+        func.sum(case((_payments.c.status.in_(["CAPTURED", "PENDING", "PENDING_3DS"]), _payments.c.amount), else_=0)),
+        0,
+    ),
+).where(_payments.c.user_id == bindparam("user_id"), _payments.c.created_at >= bindparam("since"))
+_COMPLETE_IDEM = (
+    update(_idem)
+    .where(_idem.c.id == bindparam("rid"))
+    .values(
+        status="COMPLETED",
+        response_status=bindparam("rstatus"),
+        response_body=bindparam("rbody"),
+        resource_id=bindparam("resource"),
+        locked_until=None,
+    )
+)
 
 
 def to_domain(cls: type[T], row: Any) -> T:
@@ -95,21 +114,17 @@ class SqlPaymentRepository(abstract.PaymentRepository):
     def transition(self, payment_id: str, new_status: str, allowed_from: Sequence[str], **changes: Any) -> bool:
         # The guard is in the WHERE clause: of two paths racing to move the same payment, the
         # database lets exactly one UPDATE match; the other sees rowcount 0 and does nothing.
+        # Core UPDATEs (on the table, not the mapped class): the ORM's bulk-update machinery
+        # costs more CPU than the statement itself on this hot path.
         result = self.session.execute(
-            update(PaymentRow)
-            .where(PaymentRow.id == payment_id, PaymentRow.status.in_([str(s) for s in allowed_from]))
+            update(_payments)
+            .where(_payments.c.id == payment_id, _payments.c.status.in_([str(s) for s in allowed_from]))
             .values(status=new_status, **changes)
-            .execution_options(synchronize_session=False)
         )
         return bool(result.rowcount == 1)  # type: ignore[attr-defined]
 
     def update(self, payment_id: str, **changes: Any) -> None:
-        self.session.execute(
-            update(PaymentRow)
-            .where(PaymentRow.id == payment_id)
-            .values(**changes)
-            .execution_options(synchronize_session=False)
-        )
+        self.session.execute(update(_payments).where(_payments.c.id == payment_id).values(**changes))
 
     def list_for_user(self, user_id: str | None, status: str | None, limit: int, cursor: PageCursor | None) -> Page:
         stmt = select(PaymentRow)
@@ -131,20 +146,7 @@ class SqlPaymentRepository(abstract.PaymentRepository):
         return Page(items, next_cursor)
 
     def velocity(self, user_id: str, since: datetime) -> tuple[int, int]:
-        attempts, amount = self.session.execute(
-            select(
-                func.count(PaymentRow.id),
-                # Only money that moved or may still move counts towards the amount limit.
-                func.coalesce(
-                    func.sum(
-                        case(
-                            (PaymentRow.status.in_(["CAPTURED", "PENDING", "PENDING_3DS"]), PaymentRow.amount), else_=0
-                        )
-                    ),
-                    0,
-                ),
-            ).where(PaymentRow.user_id == user_id, PaymentRow.created_at >= since)
-        ).one()
+        attempts, amount = self.session.execute(_VELOCITY, {"user_id": user_id, "since": since}).one()
         return int(attempts), int(amount)
 
     def device_seen(self, user_id: str, device_id: str) -> bool:
@@ -412,15 +414,7 @@ class SqlIdempotencyRepository(abstract.IdempotencyRepository):
 
     def complete(self, record_id: int, status: int, body: str, resource_id: str | None) -> None:
         self.session.execute(
-            update(IdempotencyKeyRow)
-            .where(IdempotencyKeyRow.id == record_id)
-            .values(
-                status="COMPLETED",
-                response_status=status,
-                response_body=body,
-                resource_id=resource_id,
-                locked_until=None,
-            )
+            _COMPLETE_IDEM, {"rid": record_id, "rstatus": status, "rbody": body, "resource": resource_id}
         )
 
     def release(self, record_id: int) -> None:

@@ -75,6 +75,24 @@ class SandboxServer:
         self.stop()
 
 
-def serve_forever(config: SandboxConfig, host: str, port: int) -> None:
+def serve_forever(config: SandboxConfig, host: str, port: int, threads: int = 32) -> None:
+    """The standalone sandbox under gunicorn: one process (the state lives in it), many threads, and
+    HTTP keep-alive like the real gateways. Werkzeug's server closes every connection, which would
+    make each SDK call pay a TCP handshake that Stripe and Razorpay do not charge."""
+    from gunicorn.app.base import BaseApplication
+
     config.public_url = config.public_url if config.public_url else f"http://{host}:{port}"
-    make_server(host, port, create_sandbox_app(config), threaded=True, request_handler=QuietHandler).serve_forever()
+
+    class _Sandbox(BaseApplication):
+        def load_config(self) -> None:
+            for key, value in {
+                "bind": f"{host}:{port}", "workers": 1, "worker_class": "gthread", "threads": threads,
+                "keepalive": 75, "accesslog": None, "loglevel": "warning", "timeout": 120,
+            }.items():
+                self.cfg.set(key, value)
+
+        def load(self) -> Any:
+            # Built in the worker, after the fork: the webhook thread must live where the state is.
+            return create_sandbox_app(config)
+
+    _Sandbox().run()
