@@ -37,7 +37,6 @@ from payment_service.gateways.sandbox.server import free_port  # noqa: E402
 from payment_service.localparts.mariadb import MariaDBServer  # noqa: E402
 from tests.support.processes import VENV_BIN, ServiceProcess  # noqa: E402
 
-
 # Keep-alive connections, as a wallet backend or a load balancer would hold them; BENCH_FORCE_CLOSE=1
 # opens a connection per request instead.
 FORCE_CLOSE = os.environ.get("BENCH_FORCE_CLOSE", "0") == "1"
