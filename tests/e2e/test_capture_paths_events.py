@@ -4,7 +4,6 @@ expiry race) yields exactly one PAYMENT_CAPTURED event id on the topic, signed, 
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from collections import defaultdict
 from collections.abc import Iterator
@@ -19,20 +18,12 @@ from payment_service.adapters.orm import PaymentRow
 from payment_service.localparts.kafka_testing import TopicReader
 from payment_service.worker.relay import verify_signature
 from tests.support.processes import VENV_BIN, ServiceProcess
+from tests.support.waiting import wait_for
 
 from .conftest import REPO, start_api, user_headers
 
 TOPIC = f"payment.events.test.{uuid.uuid4().hex[:8]}"
 
-
-def wait_for(predicate, timeout: float = 30.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture(scope="module")

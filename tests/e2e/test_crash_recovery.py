@@ -14,18 +14,9 @@ from sqlalchemy import create_engine, select
 
 from payment_service.adapters.orm import OutboxEventRow, PaymentRow
 from tests.support.processes import VENV_BIN, ServiceProcess
+from tests.support.waiting import wait_for
 
 from .conftest import REPO, start_api, user_headers
-
-
-def wait_for(predicate, timeout: float = 30.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_api_killed_mid_charge_then_reconciled(api_env, e2e_sandbox, tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ from payment_service.adapters.api_clients import SqlAlchemyApiClientRepository
 from payment_service.adapters.orm import GatewayEventRow, OutboxEventRow, RefundRow, WithdrawalRequestRow
 from payment_service.domain.cards import find_card_number_field
 from tests.support.processes import VENV_BIN, ServiceProcess
+from tests.support.waiting import wait_for
 
 from .conftest import REPO, start_api, user_headers
 
@@ -44,15 +45,6 @@ assert not _is_card_number(ACCOUNT_IMPS) and not _is_card_number(ACCOUNT_NEFT) a
 def key() -> str:
     return uuid.uuid4().hex
 
-
-def wait_for(predicate, timeout: float = 20.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 # --- fixtures --------------------------------------------------------------------------------

@@ -6,9 +6,8 @@ import signal
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import requests
@@ -22,6 +21,7 @@ from payment_service.gateways.sandbox.server import free_port
 from payment_service.localparts.broker import TansuBroker
 from payment_service.localparts.kafka_testing import Record, TopicReader
 from tests.support.processes import VENV_BIN, ServiceProcess
+from tests.support.waiting import wait_for as wait_until
 
 from .conftest import REPO, start_api, user_headers
 
@@ -48,16 +48,6 @@ def counts(engine: Engine) -> tuple[int, int]:
         ).scalar_one()
     return int(total), int(done)
 
-
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 def topic_exists(bootstrap: str, topic: str) -> bool:

@@ -17,6 +17,7 @@ from sqlalchemy import create_engine, func, select
 from payment_service.adapters.orm import GatewayEventRow, OutboxEventRow, PaymentRow
 from payment_service.gateways.sandbox.stripe_api import sign_payload
 from tests.support.processes import VENV_BIN, ServiceProcess
+from tests.support.waiting import wait_for
 
 from .conftest import REPO, user_headers
 
@@ -46,15 +47,6 @@ def engine(api_env):
     yield eng
     eng.dispose()
 
-
-def wait_for(predicate, timeout: float = 20.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def topup(api_url: str, user: str, **body: Any) -> dict:

@@ -13,7 +13,7 @@ import threading
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -36,6 +36,7 @@ from payment_service.worker.relay import (
     purge_published,
     verify_signature,
 )
+from tests.support.waiting import wait_for as wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -110,16 +111,6 @@ def unpublished(engine: Engine) -> int:
             ).scalar_one()
         )
 
-
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 def topic_exists(bootstrap: str, topic: str) -> bool:
