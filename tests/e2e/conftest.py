@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import jwt
 import pytest
+from sqlalchemy import create_engine
 
 from config.settings import DEV_JWT_SECRET
 from payment_service.adapters import migrate
@@ -62,6 +65,26 @@ def api_url(api_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -
         yield url
     finally:
         proc.stop()
+
+
+@pytest.fixture(scope="module")
+def engine(api_env: dict[str, str]) -> Iterator[Any]:
+    """An engine on the module's database, for assertions on what the service stored."""
+    eng = create_engine(api_env["DATABASE_URL"])
+    yield eng
+    eng.dispose()
+
+
+@contextmanager
+def webhooks_to(api_url: str, sandbox: SandboxServer) -> Iterator[str]:
+    """Point the sandbox's Stripe and Razorpay webhooks at a running API for the block."""
+    sandbox.config.stripe_webhook_url = api_url + "/webhooks/stripe"
+    sandbox.config.razorpay_webhook_url = api_url + "/webhooks/razorpay"
+    try:
+        yield api_url
+    finally:
+        sandbox.config.stripe_webhook_url = None
+        sandbox.config.razorpay_webhook_url = None
 
 
 def user_token(sub: str, *, exp_in: int = 3600, aud: str = "payment-service", secret: str = DEV_JWT_SECRET) -> str:

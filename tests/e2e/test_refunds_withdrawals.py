@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import requests
-from sqlalchemy import create_engine, inspect, select, text
+from sqlalchemy import inspect, select, text
 from sqlalchemy.orm import Session
 
 from payment_service.adapters.api_clients import SqlAlchemyApiClientRepository
@@ -21,7 +21,7 @@ from payment_service.domain.cards import find_card_number_field
 from tests.support.processes import VENV_BIN, ServiceProcess
 from tests.support.waiting import wait_for
 
-from .conftest import REPO, start_api, user_headers
+from .conftest import REPO, start_api, user_headers, webhooks_to
 
 pytestmark = pytest.mark.e2e
 
@@ -77,19 +77,8 @@ def worker(api_env: dict[str, str], logs: Path) -> Iterator[ServiceProcess]:
 
 @pytest.fixture(scope="module")
 def url(api, e2e_sandbox, worker) -> Iterator[str]:
-    api_url = api[0]
-    e2e_sandbox.config.stripe_webhook_url = api_url + "/webhooks/stripe"
-    e2e_sandbox.config.razorpay_webhook_url = api_url + "/webhooks/razorpay"
-    yield api_url
-    e2e_sandbox.config.stripe_webhook_url = None
-    e2e_sandbox.config.razorpay_webhook_url = None
-
-
-@pytest.fixture(scope="module")
-def engine(api_env):
-    eng = create_engine(api_env["DATABASE_URL"])
-    yield eng
-    eng.dispose()
+    with webhooks_to(api[0], e2e_sandbox) as api_url:
+        yield api_url
 
 
 @pytest.fixture(scope="module")

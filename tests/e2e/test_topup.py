@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from sqlalchemy import create_engine, select, text
+from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from payment_service.adapters.api_clients import SqlAlchemyApiClientRepository
@@ -39,13 +39,6 @@ def topup_body(**kw) -> dict:
 
 def post_topup(api_url: str, user: str, body: dict, idem: str | None = None) -> requests.Response:
     return requests.post(f"{api_url}/payments/topup", json=body, headers=user_headers(user, idem or key()), timeout=30)
-
-
-@pytest.fixture(scope="module")
-def engine(api_env):
-    eng = create_engine(api_env["DATABASE_URL"])
-    yield eng
-    eng.dispose()
 
 
 @pytest.fixture(scope="module")

@@ -12,14 +12,14 @@ from typing import Any
 
 import pytest
 import requests
-from sqlalchemy import create_engine, func, select
+from sqlalchemy import func, select
 
 from payment_service.adapters.orm import GatewayEventRow, OutboxEventRow, PaymentRow
 from payment_service.gateways.sandbox.stripe_api import sign_payload
 from tests.support.processes import VENV_BIN, ServiceProcess
 from tests.support.waiting import wait_for
 
-from .conftest import REPO, user_headers
+from .conftest import REPO, user_headers, webhooks_to
 
 
 @pytest.fixture(scope="module")
@@ -33,19 +33,9 @@ def worker(api_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) ->
 
 
 @pytest.fixture(scope="module")
-def wired(api_url: str, e2e_sandbox, worker) -> str:
-    e2e_sandbox.config.stripe_webhook_url = api_url + "/webhooks/stripe"
-    e2e_sandbox.config.razorpay_webhook_url = api_url + "/webhooks/razorpay"
-    yield api_url
-    e2e_sandbox.config.stripe_webhook_url = None
-    e2e_sandbox.config.razorpay_webhook_url = None
-
-
-@pytest.fixture(scope="module")
-def engine(api_env):
-    eng = create_engine(api_env["DATABASE_URL"])
-    yield eng
-    eng.dispose()
+def wired(api_url: str, e2e_sandbox, worker) -> Iterator[str]:
+    with webhooks_to(api_url, e2e_sandbox) as url:
+        yield url
 
 
 

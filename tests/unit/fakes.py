@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import itertools
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from payment_service.domain.events import Event
@@ -356,6 +356,19 @@ class FakeUnitOfWork(abstract.AbstractUnitOfWork):
 
     def rollback(self) -> None:
         self._outbox.clear()
+
+
+class Clock:
+    """A clock the test moves by hand: `clock.advance(seconds=901)`."""
+
+    def __init__(self) -> None:
+        self.t = datetime(2026, 11, 21, 10, 0, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.t
+
+    def advance(self, **kw: float) -> None:
+        self.t += timedelta(**kw)
 
 
 def fake_uow_factory() -> tuple[Any, _Store]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -29,22 +28,13 @@ from payment_service.services import payments as svc
 from payment_service.services import refunds, webhooks, withdrawals
 from payment_service.services.risk import RiskRules
 
-from .fakes import FakeMoneyOutGateway, fake_uow_factory
+from .fakes import Clock, FakeMoneyOutGateway, fake_uow_factory
 
 SETTINGS = svc.PaymentSettings(RiskRules(), 900)
 ACCOUNT = "000123456789012"  # 15 digits, a made-up account number
 W_SETTINGS = withdrawals.WithdrawalSettings(poll_after_seconds=300, retry_after_seconds=60, give_up_after_seconds=3600)
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.t = datetime(2026, 11, 21, 10, 0, tzinfo=UTC)
-
-    def __call__(self) -> datetime:
-        return self.t
-
-    def advance(self, **kw) -> None:
-        self.t += timedelta(**kw)
 
 
 @pytest.fixture

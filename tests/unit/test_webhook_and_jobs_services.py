@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
-
 import pytest
 
 from payment_service.domain import ids
@@ -13,20 +11,11 @@ from payment_service.services import jobs, webhooks
 from payment_service.services import payments as svc
 from payment_service.services.risk import RiskRules
 
-from .fakes import FakeGateway, fake_uow_factory
+from .fakes import Clock, FakeGateway, fake_uow_factory
 
 SETTINGS = svc.PaymentSettings(RiskRules(), 900)
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.t = datetime(2026, 11, 21, 10, 0, tzinfo=UTC)
-
-    def __call__(self) -> datetime:
-        return self.t
-
-    def advance(self, **kw) -> None:
-        self.t += timedelta(**kw)
 
 
 @pytest.fixture
