@@ -202,7 +202,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=8.0)
     ap.add_argument("--levels", default="1,2,4,8,16,32")
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--threads", type=int, default=16)
+    ap.add_argument("--threads", type=int, default=8)
     ap.add_argument("--worker-class", default="gthread")
     args = ap.parse_args()
     levels = [int(x) for x in args.levels.split(",")]

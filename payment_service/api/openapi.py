@@ -8,13 +8,19 @@ every documented path exists.
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
 from typing import Any
 
-from flask import Blueprint, Response, jsonify, send_from_directory
+from flask import Blueprint, Response, abort, jsonify, send_from_directory
 from pydantic import BaseModel
-from swagger_ui_bundle import swagger_ui_path
 
 bp = Blueprint("openapi", __name__)
+
+# Swagger UI 5's files (it reads OpenAPI 3.1), from the flask-openapi3-swagger package. Only its
+# files are used: find_spec does not import the plugin module, which would need flask-openapi3's app.
+_SPEC = importlib.util.find_spec("flask_openapi3_swagger")
+SWAGGER_UI_DIR = Path(next(iter(_SPEC.submodule_search_locations or []))) / "templates" / "swagger" if _SPEC else None
 
 PROBLEM_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -96,9 +102,9 @@ def openapi_json() -> Response:
 
 DOCS_PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>payment-service API</title>
-<link rel="stylesheet" href="/docs/static/swagger-ui.css"></head>
+<link rel="stylesheet" href="/docs/static/css/swagger-ui.css"></head>
 <body><div id="swagger-ui"></div>
-<script src="/docs/static/swagger-ui-bundle.js"></script>
+<script src="/docs/static/js/swagger-ui-bundle.js"></script>
 <script>window.ui = SwaggerUIBundle({url: "/openapi.json", dom_id: "#swagger-ui", deepLinking: true});</script>
 </body></html>"""
 
@@ -111,7 +117,9 @@ def docs() -> Response:
 
 @bp.get("/docs/static/<path:filename>")
 def docs_static(filename: str) -> Response:
-    return send_from_directory(swagger_ui_path, filename, max_age=3600)
+    if SWAGGER_UI_DIR is None:
+        abort(404)
+    return send_from_directory(SWAGGER_UI_DIR, filename, max_age=3600)
 
 
 _text = {"description": "OK", "content": {"text/plain": {"schema": {"type": "string"}}}}

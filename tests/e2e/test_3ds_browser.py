@@ -24,15 +24,6 @@ from payment_service.gateways.stripe_gateway import StripeGateway
 
 pytestmark = pytest.mark.e2e
 
-CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-]
 SCREENSHOT_DIR = Path(os.environ.get("SCREENSHOT_DIR", "/tmp"))
 
 
@@ -79,17 +70,6 @@ def return_page() -> Iterator[ReturnPage]:
     page = ReturnPage()
     yield page
     page.close()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    sync_api = pytest.importorskip("playwright.sync_api")
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"no Chromium at {CHROMIUM} (set CHROMIUM_PATH)")
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
 
 
 def _charge(sandbox: SandboxServer, return_url: str, token: str, reference: str) -> tuple[StripeGateway, str, str]:

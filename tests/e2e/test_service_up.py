@@ -70,3 +70,16 @@ def test_dev_brings_everything_up(tmp_path: Path) -> None:
     finally:
         assert proc.stop() == 0
     assert "stopped" in proc.output()
+
+
+def test_docs_page_renders_every_operation_in_a_browser(api_url: str, browser) -> None:
+    doc = requests.get(api_url + "/openapi.json", timeout=10).json()
+    operations = sum(len(ops) for ops in doc["paths"].values())
+    page = browser.new_page()
+    try:
+        page.goto(api_url + "/docs")
+        page.wait_for_selector(".opblock", timeout=20000)
+        assert page.locator(".opblock").count() == operations
+        assert "Unable to render" not in page.content()
+    finally:
+        page.close()

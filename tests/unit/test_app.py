@@ -97,7 +97,7 @@ def test_metrics_are_prometheus(client) -> None:
 def test_docs_page_and_assets_are_local(client) -> None:
     page = client.get("/docs").get_data(as_text=True)
     assert "/openapi.json" in page and "swagger-ui-bundle.js" in page
-    asset = client.get("/docs/static/swagger-ui-bundle.js")
+    asset = client.get("/docs/static/js/swagger-ui-bundle.js")
     assert asset.status_code == 200
     asset.close()
 
