@@ -21,11 +21,10 @@ from ..gateways.base import (
     idempotency_key_for,
 )
 from .payments import PaymentSettings, apply_charge_result, move_payment
-from .unit_of_work import AbstractUnitOfWork
+from .unit_of_work import UowFactory
 
 logger = logging.getLogger(__name__)
 
-UowFactory = Callable[[], AbstractUnitOfWork]
 
 
 def expire_pending_3ds(

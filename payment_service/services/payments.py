@@ -8,7 +8,7 @@ guarded transitions that webhooks, reconciliation and expiry use (`apply_charge_
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -27,12 +27,10 @@ from ..gateways.base import (
     idempotency_key_for,
 )
 from .risk import RiskAction, RiskDecision, RiskFacts, RiskRules, assess
-from .unit_of_work import AbstractUnitOfWork
+from .unit_of_work import AbstractUnitOfWork, Clock, UowFactory
 
 logger = logging.getLogger(__name__)
 
-UowFactory = Callable[[], AbstractUnitOfWork]
-Clock = Callable[[], datetime]
 
 FRAUD_FAILURE_CODE = "fraud_suspected"
 

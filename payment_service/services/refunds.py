@@ -14,7 +14,7 @@ Lock order, everywhere in this module: the payment row first, then its refund ro
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -32,12 +32,10 @@ from ..gateways.base import (
 )
 from ..gateways.base import RefundStatus as GatewayRefundStatus
 from . import webhooks
-from .unit_of_work import AbstractUnitOfWork
+from .unit_of_work import Clock, UowFactory
 
 logger = logging.getLogger(__name__)
 
-UowFactory = Callable[[], AbstractUnitOfWork]
-Clock = Callable[[], datetime]
 
 
 @dataclass(frozen=True)

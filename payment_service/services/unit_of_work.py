@@ -7,7 +7,7 @@ Gateway calls happen between units of work, never inside one (DESIGN.md rule 2).
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -226,3 +226,8 @@ class AbstractUnitOfWork(abc.ABC):
 
     @abc.abstractmethod
     def rollback(self) -> None: ...
+
+
+# What every use case takes: a way to open a unit of work, and the time (a fake one in tests).
+UowFactory = Callable[[], AbstractUnitOfWork]
+Clock = Callable[[], datetime]

@@ -25,11 +25,10 @@ from ..gateways.base import (
     idempotency_key_for,
 )
 from .payments import PaymentSettings, apply_charge_result
-from .unit_of_work import AbstractUnitOfWork
+from .unit_of_work import UowFactory
 
 logger = logging.getLogger(__name__)
 
-UowFactory = Callable[[], AbstractUnitOfWork]
 
 MAX_ATTEMPTS = 25  # with the backoff below: retried for about three hours, then kept as FAILED
 LEASE_SECONDS = 60

@@ -25,7 +25,7 @@ retry with the same Idempotency-Key, and the full body, until then).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -46,12 +46,10 @@ from ..gateways.base import (
     idempotency_key_for,
 )
 from . import webhooks
-from .unit_of_work import AbstractUnitOfWork
+from .unit_of_work import AbstractUnitOfWork, Clock, UowFactory
 
 logger = logging.getLogger(__name__)
 
-UowFactory = Callable[[], AbstractUnitOfWork]
-Clock = Callable[[], datetime]
 
 PAYOUT_GATEWAY = "razorpay"  # RazorpayX does payouts; the Stripe adapter refuses them
 NOT_CREATED_REASON = "payout_not_created: the gateway never received this payout; request a new withdrawal"
