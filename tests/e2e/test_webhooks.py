@@ -186,15 +186,18 @@ def test_event_for_unknown_object_is_kept_and_retried(wired, engine, e2e_sandbox
     assert row.attempts >= 1 and "no payment" in row.last_error
 
 
-def test_expiry_by_the_worker(wired, engine, api_env, tmp_path: Path) -> None:
-    # An API and a second worker with a 1 s TTL (both paths may set expires_at: the API's answer
-    # or the requires_action webhook, whichever lands first). Two workers at once is fine.
+def test_expiry_by_the_worker(wired, engine, api_env, e2e_sandbox, tmp_path: Path) -> None:
+    # An API with a 1 s TTL, and a second worker beside the module's (two at once is fine). The
+    # gateway's webhooks are dropped meanwhile: the module's worker runs with the default 900 s TTL,
+    # and if it applied the requires_action webhook before the API's own answer, it would set
+    # expires_at itself (in production every process has the same TTL).
     from .conftest import start_api
 
     env = {**api_env, "PENDING_3DS_TTL_SECONDS": "1", "WORKER_EXPIRY_INTERVAL_SECONDS": "0.5",
            "WORKER_WEBHOOK_INTERVAL_SECONDS": "0.2"}
     proc, url = start_api(env, tmp_path, workers=1)
     second = ServiceProcess([str(VENV_BIN / "payment-service"), "worker"], env, REPO, tmp_path / "w2.log")
+    requests.post(e2e_sandbox.url + "/_sandbox/webhooks", json={"drop": 1000}, timeout=10).raise_for_status()
     try:
         p = topup(url, "u_wh_expire")
         wait_for(lambda: status_of(engine, p["id"]) == "EXPIRED", timeout=30, what="expiry")
@@ -202,5 +205,6 @@ def test_expiry_by_the_worker(wired, engine, api_env, tmp_path: Path) -> None:
         got = requests.get(f"{url}/payments/{p['id']}", headers=user_headers("u_wh_expire"), timeout=10).json()
         assert got["status"] == "EXPIRED" and got["next_action"] is None
     finally:
+        requests.post(e2e_sandbox.url + "/_sandbox/webhooks", json={"drop": 0}, timeout=10)
         second.stop()
         proc.stop()
