@@ -278,7 +278,8 @@ def test_payment_methods_save_use_delete(api_url) -> None:
 
 
 def test_velocity_refusal_and_rate_limit(api_env, tmp_path: Path) -> None:
-    env = {**api_env, "RISK_VELOCITY_MAX_ATTEMPTS": "2", "RATE_LIMIT_USER": "6/minute"}
+    # An hour-long window: no window edge falls in the middle of the test.
+    env = {**api_env, "RISK_VELOCITY_MAX_ATTEMPTS": "2", "RATE_LIMIT_USER": "6/hour"}
     proc, url = start_api(env, tmp_path, workers=1)
     try:
         user = f"u_vel_{uuid.uuid4().hex[:6]}"

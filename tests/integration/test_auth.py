@@ -471,14 +471,14 @@ def test_jwt_hs256_and_rs256_together(db_url: str, rsa_keys: tuple[Any, str]) ->
 
 
 def test_rate_limit_per_user_with_retry_after(make_app: Any) -> None:
-    client = make_app(RATE_LIMIT_USER="3/minute").test_client()
+    client = make_app(RATE_LIMIT_USER="3/hour").test_client()
     alice, bob = _bearer(_token(sub="u_alice")), _bearer(_token(sub="u_bob"))
     for _ in range(3):
         assert client.get("/_test/any", headers=alice).status_code == 200
     resp = client.get("/_test/user", headers=alice)  # one budget across endpoints
     body = _assert_problem(resp, 429, "rate_limited")
-    assert 1 <= int(resp.headers["Retry-After"]) <= 60
-    assert "3 per 1 minute" in body["detail"]
+    assert 1 <= int(resp.headers["Retry-After"]) <= 3600
+    assert "3 per 1 hour" in body["detail"]
     assert resp.headers["X-Request-Id"]
 
     # Bob has his own budget; unlimited paths and anonymous requests are not counted.
@@ -493,7 +493,7 @@ def test_rate_limit_per_user_with_retry_after(make_app: Any) -> None:
 
 
 def test_rate_limit_per_client(make_app: Any, engine: Engine) -> None:
-    client = make_app(RATE_LIMIT_USER="1/minute", RATE_LIMIT_CLIENT="2/minute").test_client()
+    client = make_app(RATE_LIMIT_USER="1/hour", RATE_LIMIT_CLIENT="2/hour").test_client()
     k1, k2 = _issue(engine, ["payments:read"]), _issue(engine, ["payments:read"])
     for key in (k1, k2):
         for _ in range(2):
