@@ -7,7 +7,7 @@ import os
 import time
 from typing import Any
 
-from flask import Blueprint, Response, current_app, g, has_app_context, jsonify, request
+from flask import Blueprint, Response, g, has_app_context, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client import multiprocess as prom_multiprocess
 from sqlalchemy import text
@@ -113,4 +113,4 @@ def metrics() -> Response:
     return Response(data, mimetype=CONTENT_TYPE_LATEST)
 
 
-__all__ = ["bp", "current_app", "record_request", "start_timer"]
+__all__ = ["bp", "record_request", "start_timer"]

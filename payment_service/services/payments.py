@@ -18,12 +18,14 @@ from ..domain.events import Event, EventType, rfc3339, utcnow
 from ..domain.model import PAYMENT_TRANSITIONS, PaymentStatus
 from ..domain.payments import Payment, PaymentMethod
 from ..gateways.base import (
+    CardDetails,
     ChargeRequest,
     ChargeResult,
     ChargeStatus,
     Gateway,
     GatewayError,
     GatewayUnavailableError,
+    SavedMethod,
     idempotency_key_for,
 )
 from .risk import RiskAction, RiskDecision, RiskFacts, RiskRules, assess
@@ -394,8 +396,6 @@ def delete_payment_method(
         method = uow.payment_methods.get(method_id)
     if method is None or method.user_id != user_id or method.deleted_at is not None:
         raise NotFound(f"payment method {method_id} not found")
-    from ..gateways.base import CardDetails, SavedMethod
-
     saved = SavedMethod(method.gateway_token, method.gateway_customer_ref, CardDetails(method.brand, method.last4))
     try:
         # Detach first: if the gateway is down the method stays usable and the caller retries.
