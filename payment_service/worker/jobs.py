@@ -77,15 +77,28 @@ def resolve_payouts(container: Container) -> dict[str, int]:
 # --- end refunds and withdrawals ---
 
 
+def apply_webhooks(container: Container) -> int:
+    c = container
+    return webhooks.apply_due_events(c.uow_factory, c.gateways(), c.payment_settings())
+
+
+def expire(container: Container) -> int:
+    c = container
+    return jobs.expire_pending_3ds(c.uow_factory, c.gateways(), c.payment_settings())
+
+
+def reconcile(container: Container) -> int:
+    c = container
+    return jobs.reconcile_pending(c.uow_factory, c.gateways(), c.payment_settings(), c.settings.RECONCILE_AFTER_SECONDS)
+
+
 def run_all_once(container: Container) -> dict[str, Any]:
     """Each job once, in order: for tests and for `payment-service worker --once`."""
-    c, settings = container, container.payment_settings()
+    c = container
     return {
-        "webhooks": webhooks.apply_due_events(c.uow_factory, c.gateways(), settings),
-        "expired": jobs.expire_pending_3ds(c.uow_factory, c.gateways(), settings),
-        "reconciled": jobs.reconcile_pending(
-            c.uow_factory, c.gateways(), settings, c.settings.RECONCILE_AFTER_SECONDS
-        ),
+        "webhooks": apply_webhooks(c),
+        "expired": expire(c),
+        "reconciled": reconcile(c),
         "purged": purge(c),
         # --- refunds and withdrawals ---
         "refunds_retried": retry_refunds(c),
