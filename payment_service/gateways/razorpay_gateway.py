@@ -10,7 +10,9 @@ How our operations map onto Razorpay:
   and Razorpay captures (the order says payment_capture=1).
 - cancel: Razorpay cannot void a payment; a payment not captured is marked in its notes and left for
   Razorpay to expire (created) or auto-refund (authorized but never captured).
-- refund: `receipt` = our refund id, looked up on the payment's refunds before creating one.
+- refund: `receipt` = our refund id, looked up on the payment's refunds before creating one, and the creation
+  sent with `X-Refund-Idempotency` derived from our idempotency key, so two callers racing past the lookup
+  (a request and a worker, two workers) still make one refund.
 - payouts (RazorpayX): contact -> fund account -> payout, through the SDK's HTTP client where it has no
   method, with `X-Payout-Idempotency` derived from our idempotency key.
 
@@ -25,6 +27,7 @@ import json
 import logging
 import re
 import threading
+import time
 import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -104,6 +107,10 @@ _BRANDS = {
 _PAYMENT_RANK = {"captured": 0, "refunded": 0, "authorized": 1, "created": 2, "failed": 3}
 
 _PAYOUT_KEY = re.compile(r"^[A-Za-z0-9_\- ]{4,36}$")
+_REFUND_KEY = re.compile(r"^[A-Za-z0-9_-]{10,36}$")  # Razorpay: 10 or more; longer keys map to a UUID too
+REFUND_KEY_HEADER = "X-Refund-Idempotency"
+# Waits between tries while Razorpay answers 409 (the same refund key in progress elsewhere), in seconds.
+REFUND_IN_PROGRESS_WAITS = (0.1, 0.2, 0.4, 0.8)
 _KEY_NAMESPACE = uuid.UUID("1f0c6c8e-7f4e-4c36-9a57-2b5d3e9b6a10")
 
 
@@ -448,23 +455,39 @@ class RazorpayGateway:
     def refund(
         self, gateway_payment_id: str, amount: int, currency: str, *, reference: str, idempotency_key: str
     ) -> RefundResult:
-        # Razorpay refunds take no idempotency key: `receipt` = our refund id is looked up first, so a retry
-        # after a lost response finds the refund instead of making a second one.
+        # `receipt` = our refund id is looked up first, so a retry after a lost response finds the refund. The
+        # lookup alone is check-then-create: two callers at once would both find nothing and both create. The
+        # creation therefore carries X-Refund-Idempotency, derived from our key: Razorpay makes one refund per
+        # key and answers the same key with the same refund (or 409 while the first request still runs).
         refunds = self._call(self.client.payment.fetch_multiple_refund, gateway_payment_id, {"count": 100})
         for existing in refunds.get("items", []):
             if existing.get("receipt") == reference:
                 return self._refund_result(existing)
-        created = self._call(
-            self.client.payment.refund,
-            gateway_payment_id,
-            {
-                "amount": to_razorpay_amount(amount, currency),
-                "speed": "normal",
-                "receipt": reference,
-                "notes": {"refund_id": reference},
-            },
-        )
-        return self._refund_result(created)
+        body = {
+            "amount": to_razorpay_amount(amount, currency),
+            "speed": "normal",
+            "receipt": reference,
+            "notes": {"refund_id": reference},
+        }
+        key = refund_idempotency_key(idempotency_key)
+        for wait in (*REFUND_IN_PROGRESS_WAITS, None):
+            try:
+                created = self._call(
+                    self.client.payment.refund, gateway_payment_id, dict(body), headers={REFUND_KEY_HEADER: key}
+                )
+            except RazorpayAPIError as exc:
+                if exc.http_status != 409:
+                    raise
+                # The same key is being processed by another caller: its refund is the one; ask again shortly
+                # and get it. If it is still running after that, the outcome is unknown: retry later.
+                if wait is None:
+                    raise GatewayUnavailableError(
+                        "razorpay: a refund with the same idempotency key is still in progress", http_status=409
+                    ) from exc
+                time.sleep(wait)
+                continue
+            return self._refund_result(created)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def retrieve_refund(self, gateway_refund_id: str, gateway_payment_id: str | None = None) -> RefundResult:
         if gateway_payment_id:
@@ -655,6 +678,12 @@ def _subject(payload: Mapping[str, Any]) -> tuple[str | None, str | None]:
         "payout": entity.get("reference_id") or notes.get("withdrawal_id"),
     }.get(kind)
     return entity.get("id"), reference
+
+
+def refund_idempotency_key(key: str) -> str:
+    """Razorpay's X-Refund-Idempotency takes at least 10 letters, digits, hyphens or underscores. Our keys
+    (`re_...:refund`) hold a colon, so they are mapped, deterministically, to a UUID derived from them."""
+    return key if _REFUND_KEY.match(key) else str(uuid.uuid5(_KEY_NAMESPACE, key))
 
 
 def payout_idempotency_key(key: str) -> str:

@@ -1,8 +1,9 @@
 """The sandbox's Razorpay wire API, mounted under /razorpay (the SDK's base_url is http://host:port/razorpay).
 
 A stateful emulation of the calls our adapter makes, in Razorpay's own shapes: customers, saved card
-tokens, orders, payments (S2S JSON and recurring, with a 3-D Secure challenge page), capture, refunds,
-and RazorpayX contacts, fund accounts and payouts (with `X-Payout-Idempotency`). Errors use Razorpay's
+tokens, orders, payments (S2S JSON and recurring, with a 3-D Secure challenge page), capture, refunds
+(with `X-Refund-Idempotency`), and RazorpayX contacts, fund accounts and payouts (with
+`X-Payout-Idempotency`). Errors use Razorpay's
 `{"error": {"code", "description", "source", "step", "reason", "field", "metadata"}}` shape; unknown ids
 answer 400 "The id provided does not exist", as Razorpay does. Webhooks are Razorpay's event envelope,
 signed with `X-Razorpay-Signature` = hex HMAC-SHA256(raw body, razorpay_webhook_secret).
@@ -24,6 +25,7 @@ import secrets
 import string
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
@@ -705,13 +707,78 @@ def _after_challenge(payment: dict[str, Any]) -> BaseResponse:
     return redirect(urlunsplit(parts._replace(query=query)), code=303)
 
 
+# ---------------------------------------------------------------- idempotency (refunds, payouts)
+
+REFUND_KEY_HEADER = "X-Refund-Idempotency"
+PAYOUT_KEY_HEADER = "X-Payout-Idempotency"
+
+
+def _idempotent(
+    sb: Sandbox,
+    kind: str,
+    key: str,
+    path: str,
+    body: dict[str, Any],
+    create: Callable[[], Response],
+    *,
+    header: str,
+    other_body: str,
+) -> Response:
+    """Razorpay's idempotency headers: the same key and body answer the first response again; the same
+    key with another body is 400; the same key while the first request is still running is 409.
+
+    Keys are scoped per API key id and kind. Only a created object is remembered: a request that was
+    refused (validation, over-refund) may be sent again with the same key."""
+    auth = request.authorization
+    scope = f"razorpay:{kind}:{auth.username if auth else ''}"
+    fingerprint = sb.idempotency.fingerprint("POST", path, body)
+    stored = sb.idempotency.begin(scope, key)
+    if stored is False:
+        raise RazorpayError("A request with the same idempotency key is in progress", status=409, field=header)
+    if isinstance(stored, StoredResponse):
+        if stored.fingerprint != fingerprint:
+            raise RazorpayError(other_body, field=header)
+        return Response(stored.body, status=stored.status, mimetype="application/json")
+    try:
+        response = create()
+    except BaseException:
+        sb.idempotency.finish(scope, key, None)
+        raise
+    sb.idempotency.finish(scope, key, StoredResponse(fingerprint, response.status_code, response.get_data(), {}))
+    return response
+
+
 # ---------------------------------------------------------------- refunds
 
 
 @bp.post("/v1/payments/<payment_id>/refund")
 def create_refund(payment_id: str) -> Response:
+    """A refund, made at most once per `X-Refund-Idempotency` key when the header is sent (it is optional,
+    as at Razorpay): at least 10 letters, digits, hyphens or underscores."""
     sb = current_sandbox()
     body = _body()
+    key = request.headers.get(REFUND_KEY_HEADER)
+    if not key:
+        return _create_refund(sb, payment_id, body)
+    if len(key) < 10 or any(c not in _ALNUM + "-_" for c in key):
+        raise RazorpayError(
+            "The idempotency key must be at least 10 characters long and contain only letters, numbers, "
+            "hyphens and underscores.",
+            field=REFUND_KEY_HEADER,
+        )
+    return _idempotent(
+        sb,
+        "refund",
+        key,
+        f"/v1/payments/{payment_id}/refund",
+        body,
+        lambda: _create_refund(sb, payment_id, body),
+        header=REFUND_KEY_HEADER,
+        other_body="Different request with the same idempotency key has already been processed.",
+    )
+
+
+def _create_refund(sb: Sandbox, payment_id: str, body: dict[str, Any]) -> Response:
     receipt = body.get("receipt")
     if receipt is not None and len(str(receipt)) > 40:
         raise RazorpayError("The receipt may not be greater than 40 characters.", field="receipt")
@@ -899,43 +966,30 @@ def _payout_fields(body: dict[str, Any]) -> dict[str, Any]:
 @bp.post("/v1/payouts")
 def create_payout() -> Response:
     sb = current_sandbox()
-    key = request.headers.get("X-Payout-Idempotency")
+    key = request.headers.get(PAYOUT_KEY_HEADER)
     if not key:
         raise RazorpayError(
             "Idempotency key is missing. Include idempotency header and key in the request.",
-            field="X-Payout-Idempotency",
+            field=PAYOUT_KEY_HEADER,
             reason="null",
             step="null",
         )
     if not 4 <= len(key) <= 36 or any(c not in _ALNUM + "-_ " for c in key):
         raise RazorpayError(
             "The idempotency key must be 4 to 36 characters: letters, numbers, hyphens, underscores and spaces.",
-            field="X-Payout-Idempotency",
+            field=PAYOUT_KEY_HEADER,
         )
     body = _body()
-    auth = request.authorization
-    scope = f"razorpay:payout:{auth.username if auth else ''}"
-    fingerprint = sb.idempotency.fingerprint("POST", "/v1/payouts", body)
-    stored = sb.idempotency.begin(scope, key)
-    if stored is False:
-        raise RazorpayError(
-            "A request with the same idempotency key is in progress", status=409, field="X-Payout-Idempotency"
-        )
-    if isinstance(stored, StoredResponse):
-        if stored.fingerprint != fingerprint:
-            raise RazorpayError(
-                "Different request body sent for the same idempotency key. Use a new idempotency key.",
-                field="X-Payout-Idempotency",
-            )
-        return Response(stored.body, status=stored.status, mimetype="application/json")
-    try:
-        response = _create_payout(sb, body)
-    except BaseException:
-        # Only a created payout is remembered; a rejected request may be retried with the same key.
-        sb.idempotency.finish(scope, key, None)
-        raise
-    sb.idempotency.finish(scope, key, StoredResponse(fingerprint, response.status_code, response.get_data(), {}))
-    return response
+    return _idempotent(
+        sb,
+        "payout",
+        key,
+        "/v1/payouts",
+        body,
+        lambda: _create_payout(sb, body),
+        header=PAYOUT_KEY_HEADER,
+        other_body="Different request body sent for the same idempotency key. Use a new idempotency key.",
+    )
 
 
 def _create_payout(sb: Sandbox, body: dict[str, Any]) -> Response:

@@ -30,7 +30,13 @@ from payment_service.gateways.base import (
     RefundStatus,
     idempotency_key_for,
 )
-from payment_service.gateways.razorpay_gateway import RazorpayAPIError, RazorpayGateway, payout_idempotency_key
+from payment_service.gateways.razorpay_gateway import (
+    REFUND_KEY_HEADER,
+    RazorpayAPIError,
+    RazorpayGateway,
+    payout_idempotency_key,
+    refund_idempotency_key,
+)
 from payment_service.gateways.sandbox.server import SandboxServer, free_port
 
 KEY_ID = "rzp_test_sandbox"
@@ -403,6 +409,119 @@ def test_refund_after_lost_response_is_found_not_repeated(
     again = gateway.refund(charged.gateway_payment_id, 10000, "INR", reference="re_lost", idempotency_key="k")
     assert again.status is RefundStatus.SUCCEEDED
     assert sdk.payment.fetch_multiple_refund(charged.gateway_payment_id)["count"] == 1
+
+
+def refund_scope() -> str:
+    """Where the sandbox keeps X-Refund-Idempotency keys (per API key id)."""
+    return f"razorpay:refund:{KEY_ID}"
+
+
+def test_refund_idempotency_key_mapping() -> None:
+    assert refund_idempotency_key("550e8400-e29b-41d4-a716-446655440000") == "550e8400-e29b-41d4-a716-446655440000"
+    assert refund_idempotency_key("refund_key_1") == "refund_key_1"
+    for ours in ("re_01jd3k5x9q2w7m4n8b6v0c1z2y:refund", "k", "short", "x" * 37):
+        mapped = refund_idempotency_key(ours)
+        assert mapped == refund_idempotency_key(ours)  # deterministic: every retry sends the same key
+        assert len(mapped) == 36 and set(mapped) <= set("0123456789abcdef-")
+    assert refund_idempotency_key("re_1:refund") != refund_idempotency_key("re_2:refund")
+
+
+def test_adapter_sends_refund_idempotency_derived_from_our_key(
+    gateway: RazorpayGateway, sandbox: SandboxServer
+) -> None:
+    charged = gateway.charge(charge_request(amount=10000))
+    assert charged.gateway_payment_id is not None
+    gateway.refund(charged.gateway_payment_id, 1000, "INR", reference="re_hdr", idempotency_key="re_hdr:refund")
+    assert (refund_scope(), refund_idempotency_key("re_hdr:refund")) in sandbox.sandbox.idempotency.entries
+
+
+def test_sandbox_refund_idempotency_same_key_other_body_in_progress(
+    gateway: RazorpayGateway, sandbox: SandboxServer, sdk: razorpay.Client
+) -> None:
+    charged = gateway.charge(charge_request(amount=10000))
+    pid = charged.gateway_payment_id
+    assert pid is not None
+    key = "0b5f8c1e-6f0e-4a43-9d5e-5a3c8f2b7d11"
+    body = {"amount": 2000, "speed": "normal", "receipt": "re_sdk"}
+    first = sdk.payment.refund(pid, dict(body), headers={REFUND_KEY_HEADER: key})
+    # Same key, same body: the same refund again, not a second one.
+    assert sdk.payment.refund(pid, dict(body), headers={REFUND_KEY_HEADER: key}) == first
+    assert sdk.payment.fetch(pid)["amount_refunded"] == 2000
+    # Same key, another body: refused, nothing refunded.
+    with pytest.raises(razorpay.errors.BadRequestError, match="idempotency key"):
+        sdk.payment.refund(pid, {**body, "amount": 3000}, headers={REFUND_KEY_HEADER: key})
+    # A key Razorpay does not accept (under 10 characters, or other characters).
+    for bad in ("short", "has:colon-in-it"):
+        with pytest.raises(razorpay.errors.BadRequestError, match="idempotency key"):
+            sdk.payment.refund(pid, {"amount": 100}, headers={REFUND_KEY_HEADER: bad})
+    # The same key while the first request is still running: 409.
+    busy = "busy-refund-key-0001"
+    assert sandbox.sandbox.idempotency.begin(refund_scope(), busy) is None
+    resp = requests.post(f"{sandbox.razorpay_api_base}/v1/payments/{pid}/refund", json={"amount": 100},
+                         headers={REFUND_KEY_HEADER: busy}, auth=(KEY_ID, KEY_SECRET), timeout=5)
+    assert resp.status_code == 409 and "in progress" in resp.json()["error"]["description"], resp.text
+    sandbox.sandbox.idempotency.finish(refund_scope(), busy, None)
+    # Without the header a refund is made each time (the header is optional at Razorpay).
+    sdk.payment.refund(pid, {"amount": 100})
+    sdk.payment.refund(pid, {"amount": 100})
+    assert sdk.payment.fetch(pid)["amount_refunded"] == 2200
+    assert sdk.payment.fetch_multiple_refund(pid)["count"] == 3
+
+
+def test_concurrent_refunds_with_the_same_key_make_one_refund(
+    gateway: RazorpayGateway, sandbox: SandboxServer, sdk: razorpay.Client
+) -> None:
+    """Two callers (a request and a worker, two workers) both look the receipt up, find nothing, and
+    both create: X-Refund-Idempotency makes it one refund, and both get it."""
+    charged = gateway.charge(charge_request(amount=10000))
+    pid = charged.gateway_payment_id
+    assert pid is not None
+    # Razorpay is slow to create: both creations are sent before either is made.
+    add_fault(sandbox, mode="latency", latency_ms=500, path=rf"^/razorpay/v1/payments/{pid}/refund$", method="POST",
+              remaining=2)
+    barrier = threading.Barrier(2)
+    results: list[Any] = []
+    errors: list[BaseException] = []
+
+    def refund() -> None:
+        barrier.wait()
+        try:
+            results.append(gateway.refund(pid, 4000, "INR", reference="re_race", idempotency_key="re_race:refund"))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=refund) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not errors, errors
+    refunds = sdk.payment.fetch_multiple_refund(pid)
+    assert refunds["count"] == 1, refunds
+    assert sdk.payment.fetch(pid)["amount_refunded"] == 4000
+    assert len(results) == 2 and results[0] == results[1]
+    assert results[0].gateway_refund_id == refunds["items"][0]["id"]
+
+
+def test_refund_waits_for_the_same_key_in_progress_elsewhere(
+    gateway: RazorpayGateway, sandbox: SandboxServer, sdk: razorpay.Client
+) -> None:
+    charged = gateway.charge(charge_request(amount=10000))
+    pid = charged.gateway_payment_id
+    assert pid is not None
+    idem = sandbox.sandbox.idempotency
+    key = refund_idempotency_key("re_busy:refund")
+    # Still running elsewhere for longer than the adapter waits: the outcome is unknown, retry later.
+    assert idem.begin(refund_scope(), key) is None
+    with pytest.raises(GatewayUnavailableError) as exc:
+        gateway.refund(pid, 1000, "INR", reference="re_busy", idempotency_key="re_busy:refund")
+    assert exc.value.http_status == 409
+    assert sdk.payment.fetch_multiple_refund(pid)["count"] == 0
+    # Running elsewhere, then gone without making a refund: the adapter's next try makes it, once.
+    threading.Timer(0.25, idem.finish, args=(refund_scope(), key, None)).start()
+    done = gateway.refund(pid, 1000, "INR", reference="re_busy", idempotency_key="re_busy:refund")
+    assert done.status is RefundStatus.SUCCEEDED
+    assert sdk.payment.fetch_multiple_refund(pid)["count"] == 1
 
 
 # ---------------------------------------------------------------- payouts
