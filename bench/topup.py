@@ -1,12 +1,20 @@
-"""Benchmark: captured top-ups per second and latency at rising concurrency, against the raw-SQL ceiling.
+"""Benchmark: captured top-ups per second and latency at rising concurrency, against raw-SQL ceilings.
 
 Not a test: it prints figures. It starts its own MariaDB (or uses TEST_DATABASE_URL), the gateway
-sandbox as its own process at zero latency, and `payment-service serve`; then, for each
-concurrency level, drives POST /payments/topup for a fixed time. In the same run it issues the
-same SQL statements that one top-up makes, directly with PyMySQL from as many clients, to give
-the ceiling the database allows. Run:
+sandbox as its own process (zero added latency unless --gateway-latency-ms), and
+`payment-service serve`; then, for each concurrency level, drives POST /payments/topup for a fixed
+time. At the same level, in the same run, it issues one top-up's SQL directly with PyMySQL from as
+many clients, two ways (bench/_rawsql.py), with the same gateway latency as a sleep between
+transactions:
 
-    .venv/bin/python bench/topup.py [--seconds 8] [--levels 1,2,4,8,16,32] [--workers 2 --threads 16]
+- raw SQL, 4 tx (yardstick): the statements of 2026-11-21's top-up in its transactions. Fixed,
+  so the service's share of it compares across commits (issue 9's target: >= 30 %).
+- raw SQL, 2 tx (minimum): a top-up in two atomic phases around one gateway call.
+
+Run:
+
+    .venv/bin/python bench/topup.py [--seconds 8] [--levels 1,2,4,8,16,32] [--workers 2 --threads 8]
+                                    [--gateway-latency-ms 0] [--raw-only]
 """
 
 from __future__ import annotations
@@ -19,17 +27,19 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 import uuid
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import aiohttp
 import jwt
-import pymysql
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _rawsql import minimum_2tx, yardstick_4tx  # noqa: E402
 
 from config.settings import DEV_JWT_SECRET  # noqa: E402
 from payment_service.adapters import migrate  # noqa: E402
@@ -124,88 +134,50 @@ def http_level(api_url: str, concurrency: int, seconds: float) -> tuple[int, lis
     return asyncio.run(_http_level(api_url, concurrency, seconds))
 
 
-def raw_sql_topup(db: dict):
-    """The statements of one top-up, as the service issues them, minus the gateway call."""
-
-    def fn(i: int, state: dict) -> bool:
-        if "c" not in state:
-            state["c"] = pymysql.connect(**db, autocommit=False)
-            state["c"].cursor().execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
-            state["user"] = f"raw_{i}_{uuid.uuid4().hex[:6]}"
-            state["close"] = state["c"].close
-        c = state["c"]
-        cur = c.cursor()
-        now = datetime.now(UTC).replace(tzinfo=None)
-        pid = "pay_" + uuid.uuid4().hex[:26]
-        key = uuid.uuid4().hex
-        caller = "user:" + state["user"]
-        # 1. claim the idempotency key
-        cur.execute(
-            "INSERT INTO idempotency_keys (caller, `key`, method, path, request_hash, status, created_at, "
-            "locked_until, expires_at, resource_id) "
-            "VALUES (%s,%s,'POST','/payments/topup',%s,'IN_PROGRESS',%s,%s,%s,%s)",
-            (caller, key, "h" * 64, now, now + timedelta(seconds=60), now + timedelta(days=1), pid),
-        )
-        c.commit()
-        # 2. resume check; 3. velocity and device history; 4. the PENDING row
-        cur.execute("SELECT * FROM payments WHERE id=%s", (pid,))
-        c.commit()
-        cur.execute(
-            "SELECT count(id), coalesce(sum(CASE WHEN status IN ('CAPTURED','PENDING','PENDING_3DS') THEN amount "
-            "ELSE 0 END), 0) FROM payments WHERE user_id=%s AND created_at >= %s",
-            (state["user"], now - timedelta(hours=1)),
-        )
-        cur.execute(
-            "INSERT INTO payments (id, user_id, amount, currency, gateway, gateway_token, status, refunded_amount, "
-            "risk_decision, risk_reasons, created_at, updated_at) VALUES (%s,%s,1000,'INR','stripe','pm_card_visa',"
-            "'PENDING',0,'allow','[]',%s,%s)",
-            (pid, state["user"], now, now),
-        )
-        c.commit()
-        # 5. apply the gateway's answer: guarded transition plus outbox row, one transaction
-        cur.execute("SELECT * FROM payments WHERE id=%s", (pid,))
-        cur.execute(
-            "UPDATE payments SET status='CAPTURED', gateway_payment_id=%s, card_brand='visa', card_last4='4242', "
-            "captured_at=%s, updated_at=%s WHERE id=%s AND status IN ('PENDING','PENDING_3DS')",
-            ("pi_" + pid[4:], now, now, pid),
-        )
-        cur.execute(
-            "INSERT INTO outbox_events (event_id, event_type, subject, user_id, payload, created_at) "
-            "VALUES (%s,'PAYMENT_CAPTURED',%s,%s,%s,%s)",
-            ("evt_" + pid[4:], pid, state["user"], json.dumps({"id": pid, "data": {"amount": 1000}}), now),
-        )
-        c.commit()
-        cur.execute("SELECT * FROM payments WHERE id=%s", (pid,))
-        c.commit()
-        # 6. store the response under the key
-        cur.execute(
-            "UPDATE idempotency_keys SET status='COMPLETED', response_status=201, response_body=%s, "
-            "locked_until=NULL WHERE caller=%s AND `key`=%s",
-            ('{"id": "' + pid + '"}' * 20, caller, key),
-        )
-        c.commit()
-        return True
-
-    return fn
+SERVICE = "service"
+RAW_4TX = "raw SQL, 4 tx (yardstick)"
+RAW_2TX = "raw SQL, 2 tx (minimum)"
+NAME_W = len(RAW_4TX)
 
 
 def summarize(name: str, level: int, ok: int, lat: list[float], errors: int, seconds: float) -> dict:
     row = {"name": name, "concurrency": level, "per_s": ok / seconds, "p50_ms": pct(lat, 50) * 1000,
            "p95_ms": pct(lat, 95) * 1000, "p99_ms": pct(lat, 99) * 1000, "errors": errors}
-    print(f"{name:8s} c={level:3d}  {row['per_s']:8.1f}/s  p50 {row['p50_ms']:7.1f} ms  p95 {row['p95_ms']:7.1f} ms"
-          f"  p99 {row['p99_ms']:7.1f} ms  errors {errors}", flush=True)
+    print(f"{name:{NAME_W}s} c={level:3d}  {row['per_s']:8.1f}/s  p50 {row['p50_ms']:7.1f} ms"
+          f"  p95 {row['p95_ms']:7.1f} ms  p99 {row['p99_ms']:7.1f} ms  errors {errors}", flush=True)
     return row
 
 
+def share(part: float, whole: float) -> str:
+    return f"{part / whole * 100:5.1f} %" if whole else "    - "
+
+
+def slow_gateway(sandbox_url: str, latency_ms: int) -> None:
+    """Every charge (POST .../payment_intents) waits latency_ms in the sandbox, then proceeds normally."""
+    rule = {"mode": "latency", "method": "POST", "path": r"/v1/payment_intents$", "latency_ms": latency_ms,
+            "remaining": None}
+    req = urllib.request.Request(f"{sandbox_url}/_sandbox/faults", data=json.dumps(rule).encode(),
+                                 headers={"Content-Type": "application/json"}, method="POST")
+    with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310 - our own local sandbox
+        if resp.status != 201:
+            raise RuntimeError(f"sandbox refused the latency rule: {resp.status}")
+
+
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--seconds", type=float, default=8.0)
-    ap.add_argument("--levels", default="1,2,4,8,16,32")
-    ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--threads", type=int, default=8)
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seconds", type=float, default=8.0, help="duration of each line at each level")
+    ap.add_argument("--levels", default="1,2,4,8,16,32", help="concurrency levels, comma-separated")
+    ap.add_argument("--workers", type=int, default=2, help="API gunicorn workers")
+    ap.add_argument("--threads", type=int, default=8, help="API threads per worker")
     ap.add_argument("--worker-class", default="gthread")
+    ap.add_argument("--gateway-latency-ms", type=int, default=0,
+                    help="simulated gateway latency per charge: a sandbox latency rule for the service, "
+                         "a sleep between transactions for the raw-SQL lines (default 0)")
+    ap.add_argument("--raw-only", action="store_true",
+                    help="run only the two raw-SQL lines (no sandbox, no API)")
     args = ap.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
+    latency_s = args.gateway_latency_ms / 1000.0
 
     server = None
     url = os.environ.get("TEST_DATABASE_URL")
@@ -218,47 +190,73 @@ def main() -> None:
     db = {"host": parts.hostname, "port": parts.port or 3306, "user": parts.username, "password": parts.password,
           "database": parts.path.lstrip("/")}
 
-    sb_port, api_port = free_port(), free_port()
-    sandbox = ServiceProcess([str(VENV_BIN / "payment-service"), "sandbox", "--port", str(sb_port)], {}, REPO,
-                             tmp / "sandbox.log")
-    env = {
-        "DATABASE_URL": url, "STRIPE_API_BASE": f"http://127.0.0.1:{sb_port}/stripe",
-        "RAZORPAY_API_BASE": f"http://127.0.0.1:{sb_port}/razorpay", "READYZ_CHECK_BROKER": "false",
-        "RATE_LIMIT_USER": "1000000/minute", "RISK_VELOCITY_MAX_ATTEMPTS": "100000000",
-        "RISK_VELOCITY_MAX_AMOUNT": "100000000000000", "LOG_LEVEL": "WARNING",
-    }
-    api = ServiceProcess([str(VENV_BIN / "payment-service"), "serve", "--bind", f"127.0.0.1:{api_port}",
-                          "--workers", str(args.workers), "--threads", str(args.threads),
-                          "--worker-class", args.worker_class], env, REPO, tmp / "api.log")
-    api_url = f"http://127.0.0.1:{api_port}"
+    sandbox = api = None
+    rows: dict[str, list[dict]] = {SERVICE: [], RAW_4TX: [], RAW_2TX: []}
     try:
-        sandbox.wait_http(f"http://127.0.0.1:{sb_port}/")
-        api.wait_http(api_url + "/healthz")
-        print(f"MariaDB {url.split('@')[-1]}, sandbox :{sb_port}, API :{api_port} "
-              f"({args.workers} workers x {args.threads} threads), {args.seconds:.0f} s per level, "
-              f"{os.cpu_count()} cores\n")
-        http_level(api_url, 2, 2.0)  # warm-up: connections, caches
-        service = [summarize("service", c, *http_level(api_url, c, args.seconds), args.seconds) for c in levels]
-        print()
-        raw = [summarize("raw-sql", c, *run_level(raw_sql_topup(db), c, args.seconds), args.seconds)
-               for c in levels]
+        if not args.raw_only:
+            sb_port, api_port = free_port(), free_port()
+            sandbox = ServiceProcess([str(VENV_BIN / "payment-service"), "sandbox", "--port", str(sb_port)], {},
+                                     REPO, tmp / "sandbox.log")
+            env = {
+                "DATABASE_URL": url, "STRIPE_API_BASE": f"http://127.0.0.1:{sb_port}/stripe",
+                "RAZORPAY_API_BASE": f"http://127.0.0.1:{sb_port}/razorpay", "READYZ_CHECK_BROKER": "false",
+                "RATE_LIMIT_USER": "1000000/minute", "RISK_VELOCITY_MAX_ATTEMPTS": "100000000",
+                "RISK_VELOCITY_MAX_AMOUNT": "100000000000000", "LOG_LEVEL": "WARNING",
+            }
+            api = ServiceProcess([str(VENV_BIN / "payment-service"), "serve", "--bind", f"127.0.0.1:{api_port}",
+                                  "--workers", str(args.workers), "--threads", str(args.threads),
+                                  "--worker-class", args.worker_class], env, REPO, tmp / "api.log")
+            api_url = f"http://127.0.0.1:{api_port}"
+            sandbox.wait_http(f"http://127.0.0.1:{sb_port}/")
+            api.wait_http(api_url + "/healthz")
+            if args.gateway_latency_ms > 0:
+                slow_gateway(f"http://127.0.0.1:{sb_port}", args.gateway_latency_ms)
+            print(f"MariaDB {url.split('@')[-1]}, sandbox :{sb_port}, API :{api_port} "
+                  f"({args.workers} workers x {args.threads} threads), ", end="")
+        else:
+            print(f"raw SQL only; MariaDB {url.split('@')[-1]}, ", end="")
+        print(f"{args.seconds:g} s per line per level, gateway latency {args.gateway_latency_ms} ms, "
+              f"{os.cpu_count()} cores; logs in {tmp}\n")
+        if api is not None:
+            http_level(api_url, 2, 2.0)  # warm-up: connections, caches
+        # Side by side: at each level the three lines run one after the other, on the same data.
+        for c in levels:
+            if api is not None:
+                rows[SERVICE].append(summarize(SERVICE, c, *http_level(api_url, c, args.seconds), args.seconds))
+            rows[RAW_4TX].append(summarize(RAW_4TX, c, *run_level(yardstick_4tx(db, latency_s), c, args.seconds),
+                                           args.seconds))
+            rows[RAW_2TX].append(summarize(RAW_2TX, c, *run_level(minimum_2tx(db, latency_s), c, args.seconds),
+                                           args.seconds))
+            if api is not None:
+                s = rows[SERVICE][-1]["per_s"]
+                print(f"{'':{NAME_W}s} c={c:3d}  service share: {share(s, rows[RAW_4TX][-1]['per_s'])} of 4 tx, "
+                      f"{share(s, rows[RAW_2TX][-1]['per_s'])} of 2 tx", flush=True)
+            print(flush=True)
     finally:
-        api.stop()
-        sandbox.stop()
+        if api is not None:
+            api.stop()
+        if sandbox is not None:
+            sandbox.stop()
         if server is not None:
             server.stop()
 
-    peak_s = max(service, key=lambda r: r["per_s"])
-    peak_raw = max(raw, key=lambda r: r["per_s"])
-    half = peak_s["per_s"] / 2
-    # The level whose throughput is closest to half the peak (from below, if any).
-    at_half = min(service, key=lambda r: abs(r["per_s"] - half))
-    print(f"\nservice peak {peak_s['per_s']:.1f}/s at c={peak_s['concurrency']}; raw-SQL ceiling "
-          f"{peak_raw['per_s']:.1f}/s at c={peak_raw['concurrency']}; ratio {peak_s['per_s'] / peak_raw['per_s']:.1%}"
-          f" (target >= 30%)")
-    print(f"at about half the service peak (c={at_half['concurrency']}, {at_half['per_s']:.1f}/s): "
-          f"p99 {at_half['p99_ms']:.1f} ms (target < 50 ms)")
-    print(json.dumps({"service": service, "raw_sql": raw}, default=lambda x: round(x, 2)))
+    peak = {name: max(r, key=lambda row: row["per_s"]) for name, r in rows.items() if r}
+    print("peaks (top-ups/s at the best level):")
+    for name, p in peak.items():
+        print(f"  {name:{NAME_W}s} {p['per_s']:8.1f}/s at c={p['concurrency']}")
+    if SERVICE in peak:
+        s = peak[SERVICE]["per_s"]
+        print(f"service share of the {RAW_4TX} ceiling: {share(s, peak[RAW_4TX]['per_s']).strip()}"
+              f" (issue 9 target >= 30 %)")
+        print(f"service share of the {RAW_2TX} ceiling:  {share(s, peak[RAW_2TX]['per_s']).strip()}")
+        half = s / 2
+        # The level whose throughput is closest to half the peak.
+        at_half = min(rows[SERVICE], key=lambda r: abs(r["per_s"] - half))
+        print(f"at about half the service peak (c={at_half['concurrency']}, {at_half['per_s']:.1f}/s): "
+              f"p99 {at_half['p99_ms']:.1f} ms (target < 50 ms)")
+    print(f"2 tx minimum / 4 tx yardstick: {share(peak[RAW_2TX]['per_s'], peak[RAW_4TX]['per_s']).strip()}")
+    print(json.dumps({"gateway_latency_ms": args.gateway_latency_ms, "service": rows[SERVICE],
+                      "raw_sql": rows[RAW_4TX], "raw_sql_2tx": rows[RAW_2TX]}, default=lambda x: round(x, 2)))
 
 
 if __name__ == "__main__":

@@ -65,7 +65,12 @@ class Settings:
     WORKER_RECONCILE_INTERVAL_SECONDS: float = 30.0
     RECONCILE_AFTER_SECONDS: int = 180
     IDEMPOTENCY_KEY_TTL_SECONDS: int = 86400
-    IDEMPOTENCY_LOCK_SECONDS: float = 60.0
+    IDEMPOTENCY_LOCK_SECONDS: float = 60.0  # also how long a request owns the record it is charging
+    # While the gateway's idempotency key can still replay the original call (Stripe: 24 h), a stuck
+    # payment is resolved by replaying the charge with the same key, never by a lookup that found nothing.
+    GATEWAY_REPLAY_WINDOW_SECONDS: int = 23 * 3600
+    SWEEP_BATCH_SIZE: int = 100  # records a sweep claims at once (one statement, SKIP LOCKED)
+    SWEEP_LEASE_SECONDS: float = 300.0  # how long a sweep owns what it claimed
     # --- refunds and withdrawals ---
     WORKER_REFUND_INTERVAL_SECONDS: float = 30.0  # the PENDING-refund retry job
     REFUND_RETRY_AFTER_SECONDS: int = 60  # a PENDING refund untouched this long is retried / asked about

@@ -62,10 +62,41 @@ class Container:
         from .services.payments import PaymentSettings
         from .services.risk import RiskRules
 
+        s = self.settings
         return self.cached(
             "payment_settings",
-            lambda: PaymentSettings(RiskRules.from_settings(self.settings), self.settings.PENDING_3DS_TTL_SECONDS),
+            lambda: PaymentSettings(
+                RiskRules.from_settings(s),
+                pending_3ds_ttl_seconds=s.PENDING_3DS_TTL_SECONDS,
+                reconcile_after_seconds=s.RECONCILE_AFTER_SECONDS,
+                replay_window_seconds=s.GATEWAY_REPLAY_WINDOW_SECONDS,
+            ),
         )
+
+    def refund_settings(self) -> Any:
+        from .services.refunds import RefundSettings
+
+        return RefundSettings(retry_after_seconds=self.settings.REFUND_RETRY_AFTER_SECONDS)
+
+    def withdrawal_settings(self) -> Any:
+        from .services.withdrawals import WithdrawalSettings
+
+        s = self.settings
+        return WithdrawalSettings(
+            poll_after_seconds=s.PAYOUT_POLL_AFTER_SECONDS,
+            retry_after_seconds=s.WITHDRAWAL_RETRY_AFTER_SECONDS,
+            give_up_after_seconds=s.WITHDRAWAL_GIVE_UP_AFTER_SECONDS,
+        )
+
+    def apply_settings(self) -> Any:
+        from .services.webhooks import ApplySettings
+
+        return ApplySettings(self.payment_settings(), self.refund_settings(), self.withdrawal_settings())
+
+    def sweep_policy(self) -> Any:
+        from .services.lifecycle import SweepPolicy
+
+        return SweepPolicy(batch=self.settings.SWEEP_BATCH_SIZE, lease_seconds=self.settings.SWEEP_LEASE_SECONDS)
 
     def cached(self, name: str, build: Any) -> Any:
         with self._lock:

@@ -93,15 +93,18 @@ class PaymentRow(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
     captured_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Rule 7: a lease while a gateway call is in flight; a sweep's per-record bookkeeping (0003).
+    claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_error: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (
         UniqueConstraint("gateway", "gateway_payment_id"),
         # GET /payments and the velocity check: one user's payments, newest first.
         Index("ix_payments_user_created", "user_id", "created_at", "id"),
-        # The PENDING_3DS expiry scan: status = PENDING_3DS AND expires_at < now.
-        Index("ix_payments_status_expires", "status", "expires_at"),
-        # The stuck-PENDING reconciliation scan: status = PENDING AND updated_at < now - N.
-        Index("ix_payments_status_updated", "status", "updated_at"),
+        # Every sweep (reconciliation of PENDING, expiry of PENDING_3DS): status = ? AND next_attempt_at <= now.
+        Index("ix_payments_status_next", "status", "next_attempt_at"),
     )
 
 
@@ -154,11 +157,17 @@ class RefundRow(Base):
     failure_reason: Mapped[str | None] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    gateway_payment_id: Mapped[str | None] = mapped_column(String(64))  # a late success's own attempt (0003)
+    # Rule 7: a lease while a gateway call is in flight; a sweep's per-record bookkeeping (0003).
+    claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_error: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (
         UniqueConstraint("gateway_refund_id"),
         Index("ix_refunds_payment", "payment_id"),
-        Index("ix_refunds_status_updated", "status", "updated_at"),
+        Index("ix_refunds_status_next", "status", "next_attempt_at"),
     )
 
 
@@ -182,11 +191,16 @@ class WithdrawalRequestRow(Base):
     failure_reason: Mapped[str | None] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # Rule 7: a lease while a gateway call is in flight; a sweep's per-record bookkeeping (0003).
+    claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_error: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (
         UniqueConstraint("gateway_payout_id"),
-        # The stuck-PROCESSING payout poll.
-        Index("ix_withdrawal_requests_status_updated", "status", "updated_at"),
+        # The sweeps: REQUESTED retried, PROCESSING polled.
+        Index("ix_withdrawal_requests_status_next", "status", "next_attempt_at"),
         Index("ix_withdrawal_requests_user_created", "user_id", "created_at"),
     )
 
@@ -260,6 +274,8 @@ class IdempotencyKeyRow(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     locked_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # How far the request got (rule 9): STARTED, RECORDED (the record exists), FINISHED.
+    recovery_point: Mapped[str] = mapped_column(String(16), default="STARTED", server_default="STARTED")
 
     __table_args__ = (
         UniqueConstraint("caller", "key"),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import base64
-from collections.abc import Sequence
+from collections.abc import Collection
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -11,6 +11,7 @@ from sqlalchemy import Table, and_, bindparam, case, delete, func, insert, or_, 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from ..domain import lifecycle
 from ..domain.events import Event
 from ..domain.payments import (
     IdempotencyRecord,
@@ -22,7 +23,7 @@ from ..domain.payments import (
     Refund,
     field_names,
 )
-from ..domain.withdrawals import Withdrawal  # --- withdrawals ---
+from ..domain.withdrawals import Withdrawal
 from ..services import unit_of_work as abstract
 from .orm import (
     Base,
@@ -33,7 +34,7 @@ from .orm import (
     PaymentMethodRow,
     PaymentRow,
     RefundRow,
-    WithdrawalRequestRow,  # --- withdrawals ---
+    WithdrawalRequestRow,
 )
 from .outbox import serialize_event
 
@@ -69,6 +70,7 @@ _COMPLETE_IDEM = (
         response_body=bindparam("rbody"),
         resource_id=bindparam("resource"),
         locked_until=None,
+        recovery_point="FINISHED",
     )
 )
 
@@ -111,21 +113,6 @@ class SqlPaymentRepository(abstract.PaymentRepository):
             return None
         return Payment(**{name: row[name] for name in _PAYMENT_FIELDS})
 
-    def transition(self, payment_id: str, new_status: str, allowed_from: Sequence[str], **changes: Any) -> bool:
-        # The guard is in the WHERE clause: of two paths racing to move the same payment, the
-        # database lets exactly one UPDATE match; the other sees rowcount 0 and does nothing.
-        # Core UPDATEs (on the table, not the mapped class): the ORM's bulk-update machinery
-        # costs more CPU than the statement itself on this hot path.
-        result = self.session.execute(
-            update(_payments)
-            .where(_payments.c.id == payment_id, _payments.c.status.in_([str(s) for s in allowed_from]))
-            .values(status=new_status, **changes)
-        )
-        return bool(result.rowcount == 1)  # type: ignore[attr-defined]
-
-    def update(self, payment_id: str, **changes: Any) -> None:
-        self.session.execute(update(_payments).where(_payments.c.id == payment_id).values(**changes))
-
     def list_for_user(self, user_id: str | None, status: str | None, limit: int, cursor: PageCursor | None) -> Page:
         stmt = select(PaymentRow)
         if user_id is not None:
@@ -162,25 +149,6 @@ class SqlPaymentRepository(abstract.PaymentRepository):
             select(PaymentRow).where(PaymentRow.gateway == gateway, PaymentRow.gateway_payment_id == gateway_payment_id)
         ).scalar_one_or_none()
         return None if row is None else to_domain(Payment, row)
-
-
-    def expired_3ds(self, now: datetime, limit: int) -> list[Payment]:
-        rows = self.session.execute(
-            select(_payments)
-            .where(_payments.c.status == "PENDING_3DS", _payments.c.expires_at < now)
-            .order_by(_payments.c.expires_at)
-            .limit(limit)
-        ).mappings()
-        return [Payment(**{n: r[n] for n in _PAYMENT_FIELDS}) for r in rows]
-
-    def stuck_pending(self, updated_before: datetime, limit: int) -> list[Payment]:
-        rows = self.session.execute(
-            select(_payments)
-            .where(_payments.c.status == "PENDING", _payments.c.updated_at < updated_before)
-            .order_by(_payments.c.updated_at)
-            .limit(limit)
-        ).mappings()
-        return [Payment(**{n: r[n] for n in _PAYMENT_FIELDS}) for r in rows]
 
     # --- refunds: the guard is in the WHERE clause, so concurrent refunds can never add up to more
     # than the payment captured, whatever else the caller did or did not lock ---
@@ -274,24 +242,6 @@ class SqlRefundRepository(abstract.RefundRepository):
         row = self.session.execute(select(RefundRow).where(RefundRow.id == refund_id)).scalar_one_or_none()
         return None if row is None else to_domain(Refund, row)
 
-    # --- refunds ---
-    def transition(self, refund_id: str, new_status: str, allowed_from: Sequence[str], **changes: Any) -> bool:
-        result = self.session.execute(
-            update(RefundRow)
-            .where(RefundRow.id == refund_id, RefundRow.status.in_([str(s) for s in allowed_from]))
-            .values(status=new_status, **changes)
-            .execution_options(synchronize_session=False)
-        )
-        return bool(result.rowcount == 1)  # type: ignore[attr-defined]
-
-    def update(self, refund_id: str, **changes: Any) -> None:
-        self.session.execute(
-            update(RefundRow)
-            .where(RefundRow.id == refund_id)
-            .values(**changes)
-            .execution_options(synchronize_session=False)
-        )
-
     def find_by_gateway_id(self, gateway_refund_id: str) -> Refund | None:
         row = self.session.execute(
             select(RefundRow).where(RefundRow.gateway_refund_id == gateway_refund_id)
@@ -304,17 +254,6 @@ class SqlRefundRepository(abstract.RefundRepository):
         ).scalars()
         return [to_domain(Refund, r) for r in rows]
 
-    def stuck_pending(self, updated_before: datetime, limit: int) -> list[Refund]:
-        # ix_refunds_status_updated serves this scan.
-        rows = self.session.execute(
-            select(RefundRow)
-            .where(RefundRow.status == "PENDING", RefundRow.updated_at < updated_before)
-            .order_by(RefundRow.updated_at)
-            .limit(limit)
-        ).scalars()
-        return [to_domain(Refund, r) for r in rows]
-
-    # --- end refunds ---
 
 
 # --- withdrawals ---------------------------------------------------------------------------
@@ -334,48 +273,105 @@ class SqlWithdrawalRepository(abstract.WithdrawalRepository):
         row = self.session.execute(stmt).scalar_one_or_none()
         return None if row is None else to_domain(Withdrawal, row)
 
-    def transition(
-        self,
-        withdrawal_id: str,
-        new_status: str,
-        allowed_from: Sequence[str],
-        *,
-        updated_before: datetime | None = None,
-        **changes: Any,
-    ) -> bool:
-        t = WithdrawalRequestRow
-        stmt = update(t).where(t.id == withdrawal_id, t.status.in_([str(s) for s in allowed_from]))
-        if updated_before is not None:
-            stmt = stmt.where(t.updated_at < updated_before)
-        result = self.session.execute(
-            stmt.values(status=new_status, **changes).execution_options(synchronize_session=False)
-        )
-        return bool(result.rowcount == 1)  # type: ignore[attr-defined]
-
-    def update(self, withdrawal_id: str, **changes: Any) -> None:
-        self.session.execute(
-            update(WithdrawalRequestRow)
-            .where(WithdrawalRequestRow.id == withdrawal_id)
-            .values(**changes)
-            .execution_options(synchronize_session=False)
-        )
-
     def find_by_gateway_id(self, gateway_payout_id: str) -> Withdrawal | None:
         row = self.session.execute(
             select(WithdrawalRequestRow).where(WithdrawalRequestRow.gateway_payout_id == gateway_payout_id)
         ).scalar_one_or_none()
         return None if row is None else to_domain(Withdrawal, row)
 
-    def stuck(self, status: str, updated_before: datetime, limit: int) -> list[Withdrawal]:
-        # ix_withdrawal_requests_status_updated serves this scan.
-        t = WithdrawalRequestRow
-        rows = self.session.execute(
-            select(t).where(t.status == status, t.updated_at < updated_before).order_by(t.updated_at).limit(limit)
-        ).scalars()
-        return [to_domain(Withdrawal, r) for r in rows]
-
-
 # --- end withdrawals -----------------------------------------------------------------------
+
+
+_RECORD_TABLES: dict[str, tuple[Table, type[Any]]] = {
+    lifecycle.PAYMENT: (_payments, Payment),
+    lifecycle.REFUND: (RefundRow.__table__, Refund),  # type: ignore[dict-item]
+    lifecycle.WITHDRAWAL: (WithdrawalRequestRow.__table__, Withdrawal),  # type: ignore[dict-item]
+}
+
+
+class SqlRecordRepository(abstract.RecordRepository):
+    """Payments, refunds and withdrawals alike: guarded moves, claims and a sweep's bookkeeping.
+
+    Core statements on the tables (not ORM objects): a move is one UPDATE whose WHERE clause is the
+    guard, so of two paths racing to move the same record the database lets exactly one match; the
+    other sees rowcount 0, writes no event, and re-reads.
+    """
+
+    def __init__(self, session: Session, outbox: SqlOutboxRepository) -> None:
+        self.session = session
+        self.outbox = outbox
+
+    def get(self, kind: str, record_id: str, *, for_update: bool = False) -> Any | None:
+        table, cls = _RECORD_TABLES[kind]
+        stmt = select(table).where(table.c.id == record_id)
+        if for_update:
+            stmt = stmt.with_for_update()
+        row = self.session.execute(stmt).mappings().one_or_none()
+        return None if row is None else cls(**{n: row[n] for n in field_names(cls)})
+
+    def move(self, move: lifecycle.Move[Any]) -> bool:
+        table, _ = _RECORD_TABLES[move.kind]
+        result = self.session.execute(
+            update(table)
+            .where(table.c.id == move.record_id, table.c.status.in_(move.allowed_from))
+            .values(status=move.target, **move.changes)
+        )
+        moved = bool(result.rowcount == 1)  # type: ignore[attr-defined]
+        if moved and move.event is not None:
+            self.outbox.add(move.event)
+        return moved
+
+    def update(self, kind: str, record_id: str, **changes: Any) -> None:
+        table, _ = _RECORD_TABLES[kind]
+        self.session.execute(update(table).where(table.c.id == record_id).values(**changes))
+
+    def claim(self, kind: str, record_id: str, statuses: Collection[str], now: datetime, until: datetime) -> bool:
+        table, _ = _RECORD_TABLES[kind]
+        result = self.session.execute(
+            update(table)
+            .where(
+                table.c.id == record_id,
+                table.c.status.in_(list(statuses)),
+                or_(table.c.claimed_until.is_(None), table.c.claimed_until < now),
+            )
+            .values(claimed_until=until)
+        )
+        return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+    def claim_due(
+        self, kind: str, statuses: Collection[str], now: datetime, until: datetime, limit: int
+    ) -> list[Any]:
+        table, cls = _RECORD_TABLES[kind]
+        # ix_<table>_status_next serves the scan. SKIP LOCKED: a replica running the same sweep
+        # passes over the rows this one is claiming instead of waiting for them (MySQL 8,
+        # MariaDB 10.6; SQLite ignores it and serialises writers anyway).
+        rows = self.session.execute(
+            select(table)
+            .where(
+                table.c.status.in_(list(statuses)),
+                table.c.next_attempt_at <= now,
+                or_(table.c.claimed_until.is_(None), table.c.claimed_until < now),
+            )
+            .order_by(table.c.next_attempt_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        ).mappings().all()
+        if not rows:
+            return []
+        ids = [r["id"] for r in rows]
+        self.session.execute(update(table).where(table.c.id.in_(ids)).values(claimed_until=until))
+        names = field_names(cls)
+        return [cls(**{**{n: r[n] for n in names}, "claimed_until": until}) for r in rows]
+
+    def release(
+        self, kind: str, record_id: str, *, next_attempt_at: datetime, error: str | None = None,
+        count_attempt: bool = True,
+    ) -> None:
+        table, _ = _RECORD_TABLES[kind]
+        values: dict[str, Any] = {"claimed_until": None, "next_attempt_at": next_attempt_at, "last_error": error}
+        if count_attempt:
+            values["attempts"] = table.c.attempts + 1
+        self.session.execute(update(table).where(table.c.id == record_id).values(**values))
 
 
 class SqlIdempotencyRepository(abstract.IdempotencyRepository):

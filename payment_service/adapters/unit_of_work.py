@@ -12,8 +12,9 @@ from .repository import (
     SqlOutboxRepository,
     SqlPaymentMethodRepository,
     SqlPaymentRepository,
+    SqlRecordRepository,
     SqlRefundRepository,
-    SqlWithdrawalRepository,  # --- withdrawals ---
+    SqlWithdrawalRepository,
 )
 
 
@@ -30,9 +31,8 @@ class SqlAlchemyUnitOfWork(AbstractUnitOfWork):
         self.idempotency = SqlIdempotencyRepository(self.session)
         self.outbox = SqlOutboxRepository(self.session)
         self.gateway_events = SqlGatewayEventRepository(self.session)
-        # --- withdrawals ---
         self.withdrawals = SqlWithdrawalRepository(self.session)
-        # --- end withdrawals ---
+        self.records = SqlRecordRepository(self.session, self.outbox)
         return self
 
     def __exit__(self, *args: object) -> None:

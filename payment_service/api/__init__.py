@@ -13,17 +13,29 @@ from flask import Flask, Response, g, request
 from config import Settings, load_settings
 
 from ..bootstrap import Container, bootstrap
+from ..domain.cards import contains_card_number
 from ..observability import configure_logging, request_id_var
 from . import auth, errors, health, openapi, parsing, payment_methods, payments, ratelimit, webhooks
 
 logger = logging.getLogger(__name__)
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+# Card numbers are written with spaces or dashes between groups; in an id, dots and colons serve too.
+_ID_SEPARATORS_AS_DASHES = str.maketrans("._:", "---")
+
+
+def safe_request_id(incoming: str | None) -> str | None:
+    """The caller's request id, if it is safe to log and echo: short, plain, and no card number."""
+    if not incoming or not _REQUEST_ID.match(incoming):
+        return None
+    if contains_card_number(incoming.translate(_ID_SEPARATORS_AS_DASHES)):
+        return None
+    return incoming
 
 
 def _begin_request() -> None:
-    incoming = request.headers.get("X-Request-Id", "")
-    g.request_id = incoming if _REQUEST_ID.match(incoming) else "req_" + secrets.token_hex(12)
+    # A refused id is replaced, not masked: it is neither logged nor echoed, and the caller can tell.
+    g.request_id = safe_request_id(request.headers.get("X-Request-Id")) or "req_" + secrets.token_hex(12)
     g.request_id_token = request_id_var.set(g.request_id)
     g.t0 = time.perf_counter()
     health.start_timer()

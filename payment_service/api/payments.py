@@ -7,7 +7,6 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request
 
 from ..adapters.repository import decode_cursor, encode_cursor
-from ..domain import ids
 from ..domain.errors import NotFound, ValidationFailed
 from ..domain.events import rfc3339
 from ..domain.model import PaymentStatus
@@ -65,20 +64,18 @@ def topup() -> Response:
     principal = require_user()
     req: TopUpRequest = parsing.validated(TopUpRequest)
     c = container()
+    cmd = payment_service.TopUp(
+        user_id=principal.id, amount=req.amount, currency=req.currency,
+        gateway=req.gateway, token=req.token, payment_method_id=req.payment_method_id,
+        return_url=req.return_url, device_id=req.device.id if req.device else None,
+        device_ip=(req.device.ip if req.device else None) or request.remote_addr,
+    )
+    flow = payment_service.TopUpFlow(cmd, c.gateways(), c.payment_settings())
+    return run_idempotent(principal, flow, _render)
 
-    def handle(payment_id: str, resumed: bool) -> tuple[dict[str, Any], int]:
-        payment = payment_service.top_up(
-            payment_service.TopUp(
-                user_id=principal.id, amount=req.amount, currency=req.currency, payment_id=payment_id,
-                gateway=req.gateway, token=req.token, payment_method_id=req.payment_method_id,
-                return_url=req.return_url, device_id=req.device.id if req.device else None,
-                device_ip=(req.device.ip if req.device else None) or request.remote_addr, resumed=resumed,
-            ),
-            c.uow_factory, c.gateways(), c.payment_settings(),
-        )
-        return payment_json(payment), _STATUS_FOR[payment.status]
 
-    return run_idempotent(principal, ids.PAYMENT, handle)
+def _render(payment: Payment) -> tuple[dict[str, Any], int]:
+    return payment_json(payment), _STATUS_FOR[payment.status]
 
 
 @bp.get("/payments/<payment_id>")

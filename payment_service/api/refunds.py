@@ -6,7 +6,6 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify
 
-from ..domain import ids
 from ..domain.errors import NotFound
 from ..domain.events import rfc3339
 from ..domain.payments import Refund
@@ -40,19 +39,14 @@ def create_refund(payment_id: str) -> Response:
     principal = require_scope("payments:refund")
     req: RefundRequest = parsing.validated(RefundRequest)
     c = container()
+    cmd = refund_service.RefundPayment(payment_id=payment_id, amount=req.amount, reason=req.reason)
+    flow = refund_service.RefundFlow(cmd, c.gateways(), c.refund_settings())
+    return run_idempotent(principal, flow, _render)
 
-    def handle(refund_id: str, resumed: bool) -> tuple[dict[str, Any], int]:
-        refund = refund_service.refund_payment(
-            refund_service.RefundPayment(
-                payment_id=payment_id, refund_id=refund_id, amount=req.amount, reason=req.reason, resumed=resumed
-            ),
-            c.uow_factory,
-            c.gateways(),
-        )
-        # 201 whatever the status: the refund exists (PENDING while the gateway decides, FAILED if it refused).
-        return refund_json(refund), 201
 
-    return run_idempotent(principal, ids.REFUND, handle)
+def _render(refund: Refund) -> tuple[dict[str, Any], int]:
+    # 201 whatever the status: the refund exists (PENDING while the gateway decides, FAILED if it refused).
+    return refund_json(refund), 201
 
 
 def _visible_payment(payment_id: str) -> None:

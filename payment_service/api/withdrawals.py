@@ -15,7 +15,6 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify
 
-from ..domain import ids
 from ..domain.errors import NotFound, ValidationFailed
 from ..domain.events import rfc3339
 from ..domain.withdrawals import Withdrawal, withdrawal_errors
@@ -66,26 +65,21 @@ def create_withdrawal() -> Response:
     if errors:
         raise ValidationFailed("the withdrawal request is invalid", errors=errors)
     c = container()
-
-    def handle(withdrawal_id: str, resumed: bool) -> tuple[dict[str, Any], int]:
-        withdrawal = withdrawal_service.request_withdrawal(
-            withdrawal_service.RequestWithdrawal(
-                withdrawal_id=withdrawal_id,
-                user_id=req.user_id,
-                amount=req.amount,
-                currency=req.currency,
-                mode=req.mode,
-                beneficiary=Beneficiary(name=b.name, account_number=b.account_number, ifsc=b.ifsc, vpa=b.vpa),
-                resumed=resumed,
-            ),
-            c.uow_factory,
-            c.gateways(),
-        )
-        # 202 whatever the status: a payout settles later (webhook or poll); FAILED if refused at once.
-        return withdrawal_json(withdrawal), 202
-
+    cmd = withdrawal_service.RequestWithdrawal(
+        user_id=req.user_id,
+        amount=req.amount,
+        currency=req.currency,
+        mode=req.mode,
+        beneficiary=Beneficiary(name=b.name, account_number=b.account_number, ifsc=b.ifsc, vpa=b.vpa),
+    )
+    flow = withdrawal_service.WithdrawalFlow(cmd, c.gateways(), c.withdrawal_settings())
     fingerprint_body = _fingerprint_body(parsing.body(), c.settings.EVENT_SIGNING_KEY)
-    return run_idempotent(principal, ids.WITHDRAWAL, handle, fingerprint_body=fingerprint_body)
+    return run_idempotent(principal, flow, _render, fingerprint_body=fingerprint_body)
+
+
+def _render(withdrawal: Withdrawal) -> tuple[dict[str, Any], int]:
+    # 202 whatever the status: a payout settles later (webhook or poll); FAILED if refused at once.
+    return withdrawal_json(withdrawal), 202
 
 
 @bp.get("/withdrawals/<withdrawal_id>")

@@ -1,12 +1,19 @@
-"""Card-number detection (regex plus Luhn), used on requests, log lines and outgoing events.
+"""Card-number detection (regex plus Luhn), used on requests, log lines, webhooks and outgoing events.
 
 A primary account number is 13 to 19 digits; people and systems write it with spaces or dashes
 between groups, so separators are allowed between digits. Only a run that passes the Luhn
 check counts, which keeps order ids and phone numbers from being taken for cards.
+
+Ids are not card data (DESIGN.md rule 6). A numeric user id or a bank UTR can pass Luhn by chance,
+and a state change after money moved must never fail for it, so what we store and send is guarded
+field by field: values under an identifier key are left alone, free text (descriptions, messages,
+reasons, names, metadata values, URLs) is masked. Request bodies are the exception: they are refused
+whole (api/parsing.py), because nothing has happened yet when a request comes in.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -82,3 +89,116 @@ def find_card_number_field(value: Any, path: str = "") -> str | None:
     if isinstance(value, (int, str)):
         return (path or "(body)") if contains_card_number(str(value)) else None
     return None
+
+
+# --- ids and free text ------------------------------------------------------------------------
+
+# Any card number lies inside a run like this, whatever surrounds it once a JSON string is decoded
+# (`\n4242...` reads as a letter before the digits in the raw text, as a line break after decoding).
+_DIGIT_RUN = re.compile(r"[0-9][0-9 -]{11,}[0-9]")
+
+# Keys whose values are identifiers: ours (payment_id, subject, id), the user's (user_id), the
+# gateway's (gateway_payment_id, object ids) and the bank's (utr, rrn, arn, bank_reference), and
+# amounts. Matched on the key's name, wherever the key sits, so a new *_id field is covered too.
+_IDENTIFIER_KEYS = frozenset({"id", "subject", "utr", "rrn", "arn", "reference", "receipt"})
+_IDENTIFIER_SUFFIXES = ("_id", "_ids", "_utr", "_rrn", "_reference", "_ref")
+# Containers whose values are free text whatever their keys (a caller or a gateway user chooses
+# them), except the references we write there ourselves and read back (stripe metadata.payment_id,
+# razorpay notes.payment_id, customer metadata.user_id).
+_FREE_TEXT_CONTAINERS = frozenset({"metadata", "notes"})
+_OUR_REFERENCE_KEYS = frozenset({"payment_id", "refund_id", "withdrawal_id", "user_id"})
+
+
+def is_identifier_key(key: str) -> bool:
+    """True when a field of this name holds an id, a bank reference or an amount, never card data."""
+    k = key.lower()
+    return k in _IDENTIFIER_KEYS or k.endswith(_IDENTIFIER_SUFFIXES) or k.startswith("amount")
+
+
+def _kept_as_is(key: str, value: Any, in_free_text: bool) -> bool:
+    """An identifier, or a list of them; a nested object under such a key is still looked into."""
+    if isinstance(value, dict) or isinstance(value, (list, tuple)) and any(
+        isinstance(v, (dict, list, tuple)) for v in value
+    ):
+        return False
+    return key.lower() in _OUR_REFERENCE_KEYS if in_free_text else is_identifier_key(key)
+
+
+def _mask_scalar(value: Any) -> Any:
+    if isinstance(value, str):
+        return mask_card_numbers(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        # A bare JSON number can be a card number too; it becomes a string holding the mask.
+        text = str(value)
+        masked = mask_card_numbers(text)
+        return value if masked == text else masked
+    return value
+
+
+def mask_free_text(value: Any, *, _free: bool = False) -> Any:
+    """A copy of a JSON-like value in which every card number in free text is masked.
+
+    Values under an identifier key (see `is_identifier_key`) are kept as they are; keys are free
+    text. Never raises: the caller is writing something down that must be written.
+    """
+    if isinstance(value, dict):
+        out: dict[Any, Any] = {}
+        for k, v in value.items():
+            key = str(k)
+            if _kept_as_is(key, v, _free):
+                out[_mask_scalar(k)] = v
+            else:
+                out[_mask_scalar(k)] = mask_free_text(v, _free=_free or key.lower() in _FREE_TEXT_CONTAINERS)
+        return out
+    if isinstance(value, (list, tuple)):
+        return [mask_free_text(v, _free=_free) for v in value]
+    return _mask_scalar(value)
+
+
+def find_card_number_in_free_text(value: Any, path: str = "", *, _free: bool = False) -> str | None:
+    """The path of the first free-text field of a JSON-like value that holds a card number, or None.
+
+    Says where, never what. Values under an identifier key are not looked at (see `mask_free_text`).
+    """
+    if isinstance(value, dict):
+        for k, v in value.items():
+            key = str(k)
+            here = f"{path}.{key}" if path else key
+            if contains_card_number(key):
+                return f"{path}.(key)" if path else "(key)"
+            if _kept_as_is(key, v, _free):
+                continue
+            found = find_card_number_in_free_text(v, here, _free=_free or key.lower() in _FREE_TEXT_CONTAINERS)
+            if found is not None:
+                return found
+        return None
+    if isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            found = find_card_number_in_free_text(v, f"{path}[{i}]", _free=_free)
+            if found is not None:
+                return found
+        return None
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, (int, str)):
+        return (path or "(document)") if contains_card_number(str(value)) else None
+    return None
+
+
+def mask_json_text(raw: str) -> str:
+    """A JSON document (a webhook body, say) with the card numbers in its free text masked.
+
+    The text is returned as it came (the same object) when there is nothing to mask, so a clean body
+    is kept byte for byte; otherwise it is written again as JSON, still valid. Text that is not JSON
+    is masked as plain text.
+    """
+    if not _DIGIT_RUN.search(raw) and "\\u" not in raw:
+        return raw  # no run of digits long enough (JSON can hide a digit only as a \u escape)
+    try:
+        document = json.loads(raw)
+    except ValueError:
+        return mask_card_numbers(raw)
+    masked = mask_free_text(document)
+    if masked == document:
+        return raw
+    return json.dumps(masked, ensure_ascii=False, separators=(",", ":"))

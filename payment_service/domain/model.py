@@ -1,4 +1,4 @@
-"""Statuses and the transitions allowed between them. The SQL guards in adapters/ use these sets."""
+"""Statuses and other closed vocabularies. Which status may move to which: lifecycle.py."""
 
 from __future__ import annotations
 
@@ -36,34 +36,3 @@ class WithdrawalMode(str, enum.Enum):
 class GatewayName(str, enum.Enum):
     STRIPE = "stripe"
     RAZORPAY = "razorpay"
-
-
-# For each target status, the statuses a payment may move to it from. Terminal states
-# (CAPTURED, FAILED) appear on no right-hand side, so they never move back. EXPIRED may
-# become CAPTURED only through the late-success path of the expiry job (CONTRACT.md).
-PAYMENT_TRANSITIONS: dict[PaymentStatus, frozenset[PaymentStatus]] = {
-    PaymentStatus.PENDING_3DS: frozenset({PaymentStatus.PENDING}),
-    PaymentStatus.CAPTURED: frozenset({PaymentStatus.PENDING, PaymentStatus.PENDING_3DS}),
-    PaymentStatus.FAILED: frozenset({PaymentStatus.PENDING, PaymentStatus.PENDING_3DS}),
-    PaymentStatus.EXPIRED: frozenset({PaymentStatus.PENDING_3DS}),
-}
-
-REFUND_TRANSITIONS: dict[RefundStatus, frozenset[RefundStatus]] = {
-    RefundStatus.SUCCEEDED: frozenset({RefundStatus.PENDING}),
-    RefundStatus.FAILED: frozenset({RefundStatus.PENDING}),
-}
-
-WITHDRAWAL_TRANSITIONS: dict[WithdrawalStatus, frozenset[WithdrawalStatus]] = {
-    WithdrawalStatus.PROCESSING: frozenset({WithdrawalStatus.REQUESTED}),
-    WithdrawalStatus.SETTLED: frozenset({WithdrawalStatus.PROCESSING}),
-    WithdrawalStatus.FAILED: frozenset({WithdrawalStatus.REQUESTED, WithdrawalStatus.PROCESSING}),
-    WithdrawalStatus.REVERSED: frozenset({WithdrawalStatus.SETTLED}),
-}
-
-
-def payment_can_move(current: PaymentStatus, new: PaymentStatus) -> bool:
-    return current in PAYMENT_TRANSITIONS.get(new, frozenset())
-
-
-def withdrawal_can_move(current: WithdrawalStatus, new: WithdrawalStatus) -> bool:
-    return current in WITHDRAWAL_TRANSITIONS.get(new, frozenset())

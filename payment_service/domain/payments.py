@@ -36,6 +36,11 @@ class Payment:
     risk_reasons: str | None = None
     captured_at: datetime | None = None
     expires_at: datetime | None = None
+    # Ownership while a gateway call is in flight, and a sweep's bookkeeping (DESIGN.md rule 7).
+    claimed_until: datetime | None = None
+    attempts: int = 0
+    next_attempt_at: datetime | None = None
+    last_error: str | None = None
 
     @property
     def is_terminal(self) -> bool:
@@ -73,6 +78,13 @@ class Refund:
     reason: str | None = None
     gateway_refund_id: str | None = None
     failure_reason: str | None = None
+    # The charge this refund gives back when it is not the payment's own (a late success of another
+    # attempt); None: the payment's gateway_payment_id.
+    gateway_payment_id: str | None = None
+    claimed_until: datetime | None = None
+    attempts: int = 0
+    next_attempt_at: datetime | None = None
+    last_error: str | None = None
 
 
 @dataclass
@@ -90,6 +102,8 @@ class IdempotencyRecord:
     response_body: str | None = None
     resource_id: str | None = None
     locked_until: datetime | None = None
+    # How far the request got (Brandur Leach's recovery point): STARTED -> RECORDED -> FINISHED.
+    recovery_point: str = "STARTED"
 
 
 @dataclass

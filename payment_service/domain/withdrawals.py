@@ -47,6 +47,10 @@ class Withdrawal:
     gateway_payout_id: str | None = None
     utr: str | None = None
     failure_reason: str | None = None
+    claimed_until: datetime | None = None
+    attempts: int = 0
+    next_attempt_at: datetime | None = None
+    last_error: str | None = None
 
     def beneficiary_summary(self) -> dict[str, Any]:
         """What may be shown of the beneficiary: the name and the last four digits, or the VPA."""

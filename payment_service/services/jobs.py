@@ -1,123 +1,117 @@
-"""The worker's scheduled jobs: expire PENDING_3DS payments, reconcile stuck PENDING ones.
+"""The payment sweeps: expire PENDING_3DS payments, reconcile stuck PENDING ones.
 
-Gateway calls happen between units of work; each decision lands through a guarded transition,
-so several workers running the same job at once do no harm: the first transition wins.
+Each is a `sweep` (services/lifecycle.py): a batch claimed in one statement, so several workers
+never look at the same payment, and a request that holds a payment (its gateway call in flight) is
+never looked at; each payment is handled on its own, and one that fails keeps its error and backs
+off without stopping the others. Every answer lands through `apply_charge_result`.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
-from datetime import datetime, timedelta
+from collections.abc import Mapping
+from datetime import timedelta
 
+from ..domain import lifecycle
 from ..domain.events import utcnow
+from ..domain.lifecycle import PAYMENTS
 from ..domain.model import PaymentStatus
-from ..gateways.base import (
-    ChargeResult,
-    ChargeStatus,
-    Gateway,
-    GatewayError,
-    GatewayUnavailableError,
-    idempotency_key_for,
-)
-from .payments import PaymentSettings, apply_charge_result, move_payment
-from .unit_of_work import UowFactory
+from ..domain.payments import Payment
+from ..gateways.base import ChargeResult, ChargeStatus, Gateway, GatewayUnavailableError, idempotency_key_for
+from .lifecycle import DEFAULT_POLICY, SweepPolicy, SweepReport, sweep, walk
+from .payments import PaymentSettings, apply_charge_result, charge, charge_request
+from .unit_of_work import Clock, UowFactory
 
 logger = logging.getLogger(__name__)
-
 
 
 def expire_pending_3ds(
     uow_factory: UowFactory,
     gateways: Mapping[str, Gateway],
     settings: PaymentSettings,
-    now: Callable[[], datetime] = utcnow,
-    limit: int = 100,
-) -> int:
-    """Cancel at the gateway first; if the gateway took the money after all, capture instead."""
-    with uow_factory() as uow:
-        due = uow.payments.expired_3ds(now(), limit)
-    expired = 0
-    for payment in due:
-        result = None
+    now: Clock = utcnow,
+    policy: SweepPolicy = DEFAULT_POLICY,
+) -> SweepReport:
+    """PENDING_3DS payments past their expiry: cancel at the gateway first; if the gateway took the
+    money after all, capture instead. A gateway that does not answer leaves the payment for the next
+    round: expiring now could lose a late success."""
+
+    def handle(payment: Payment) -> Payment:
+        result: ChargeResult | None = None
         if payment.gateway_payment_id:
+            gateway = gateways[payment.gateway]
             try:
-                result = gateways[payment.gateway].cancel_charge(
+                result = gateway.cancel_charge(
                     payment.gateway_payment_id, idempotency_key=idempotency_key_for(payment.id, "cancel")
                 )
             except GatewayUnavailableError:
-                continue  # decide next round: expiring now could lose a late success
-            except GatewayError as exc:
-                logger.warning("cancel refused", extra={"payment_id": payment.id, "error": str(exc)})
-                try:
-                    result = gateways[payment.gateway].retrieve_charge(payment.gateway_payment_id)
-                except GatewayError:
-                    continue
-        if result is not None and result.status is ChargeStatus.SUCCEEDED:
-            apply_charge_result(uow_factory, payment.id, result, settings.pending_3ds_ttl_seconds, now)
-            logger.info("3-D Secure payment succeeded at expiry", extra={"payment_id": payment.id})
-            continue
+                raise
+            except Exception as exc:  # noqa: BLE001 - a refused cancel: ask what the charge became
+                logger.warning("cancel refused", extra={"payment_id": payment.id, "error": str(exc)[:200]})
+                result = gateway.retrieve_charge(payment.gateway_payment_id)
         t = now()
         with uow_factory() as uow:
-            moved = move_payment(
-                uow,
-                payment,
-                PaymentStatus.EXPIRED,
-                updated_at=t,
-                next_action_url=None,
-                failure_code="expired",
-                failure_message="3-D Secure was not completed in time",
-            )
+            if result is not None and result.status is ChargeStatus.SUCCEEDED:
+                logger.info("3-D Secure payment succeeded at expiry", extra={"payment_id": payment.id})
+                after = apply_charge_result(uow, payment, result, t, settings)
+            else:
+                after = walk(
+                    uow, PAYMENTS, payment, PaymentStatus.EXPIRED.value, t,
+                    next_action_url=None, failure_code="expired",
+                    failure_message="3-D Secure was not completed in time",
+                )[0]
             uow.commit()
-        expired += moved is not None
-    return expired
+        return after
+
+    return sweep("expire_pending_3ds", uow_factory, lifecycle.PAYMENT, {PaymentStatus.PENDING_3DS.value},
+                 handle, now, policy)
 
 
 def reconcile_pending(
     uow_factory: UowFactory,
     gateways: Mapping[str, Gateway],
     settings: PaymentSettings,
-    older_than_seconds: int,
-    now: Callable[[], datetime] = utcnow,
-    limit: int = 100,
-) -> int:
-    """Ask the gateway, by our own id, what became of payments stuck in PENDING (a crash between
-    the charge and our commit, a timeout); apply the answer. Returns how many were resolved."""
-    with uow_factory() as uow:
-        stuck = uow.payments.stuck_pending(now() - timedelta(seconds=older_than_seconds), limit)
-    resolved = 0
-    for payment in stuck:
+    now: Clock = utcnow,
+    policy: SweepPolicy = DEFAULT_POLICY,
+) -> SweepReport:
+    """Resolve payments left PENDING (a crash between the charge and our commit, a timeout).
+
+    A lookup that finds nothing proves nothing while the gateway's idempotency key can still replay
+    (rule 8): Stripe's search lags by up to a minute (hours in an outage), and the charge may be on
+    its way. So within the replay window the charge itself is replayed with the same key, which
+    returns the original outcome or makes the charge once; only past it does a lookup that finds
+    nothing mean "never submitted"."""
+
+    def handle(payment: Payment) -> Payment:
         gateway = gateways[payment.gateway]
-        result: ChargeResult | None
-        try:
-            if payment.gateway_payment_id:
-                result = gateway.retrieve_charge(payment.gateway_payment_id)
-            else:
-                result = gateway.find_charge(payment.id)
-        except GatewayUnavailableError:
-            continue
         t = now()
-        if result is None:
-            # The gateway never saw the charge: the request died before it was sent.
+        replayable = payment.created_at > t - timedelta(seconds=settings.replay_window_seconds)
+        result: ChargeResult | None
+        if payment.gateway_payment_id:
+            result = gateway.retrieve_charge(payment.gateway_payment_id)
+        elif replayable and payment.gateway_token:
             with uow_factory() as uow:
-                moved = move_payment(
-                    uow,
-                    payment,
-                    PaymentStatus.FAILED,
-                    updated_at=t,
-                    failure_code="not_submitted",
-                    failure_message="the charge never reached the gateway",
-                )
-                uow.commit()
-            resolved += moved is not None
-            continue
-        if result.status is ChargeStatus.PROCESSING:
-            with uow_factory() as uow:
-                gw = {"gateway_payment_id": result.gateway_payment_id} if result.gateway_payment_id else {}
-                uow.payments.update(payment.id, updated_at=t, **gw)  # look again later, not every round
-                uow.commit()
-            continue
-        after = apply_charge_result(uow_factory, payment.id, result, settings.pending_3ds_ttl_seconds, now)
-        resolved += after.status != payment.status
+                method = uow.payment_methods.get(payment.payment_method_id) if payment.payment_method_id else None
+            result = charge(gateway, charge_request(payment, method))
+        else:
+            result = gateway.find_charge(payment.id)
+        with uow_factory() as uow:
+            if result is None:
+                # Past the replay window and unknown to the gateway: the request died before it was sent.
+                after = walk(
+                    uow, PAYMENTS, payment, PaymentStatus.FAILED.value, now(),
+                    failure_code=lifecycle.NOT_SUBMITTED, failure_message="the charge never reached the gateway",
+                )[0]
+            else:
+                after = apply_charge_result(uow, payment, result, now(), settings)
+                if after.status == PaymentStatus.PENDING.value:  # processing: look again later, not every round
+                    uow.records.release(
+                        lifecycle.PAYMENT, payment.id, count_attempt=False,
+                        next_attempt_at=now() + timedelta(seconds=settings.reconcile_after_seconds),
+                    )
+            uow.commit()
         logger.info("reconciled", extra={"payment_id": payment.id, "status": after.status})
-    return resolved
+        return after
+
+    return sweep("reconcile_pending", uow_factory, lifecycle.PAYMENT, {PaymentStatus.PENDING.value},
+                 handle, now, policy)

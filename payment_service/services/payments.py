@@ -1,8 +1,9 @@
 """Top-ups, saved payment methods and reads.
 
-Rule 2 of DESIGN.md shapes `top_up`: the PENDING payment is committed before the gateway is
-called, the call happens outside any transaction, and its result is applied through the same
-guarded transitions that webhooks, reconciliation and expiry use (`apply_charge_result`).
+A top-up is a keyed request in atomic phases (services/idempotency.py): the key, the fraud
+pre-check and the PENDING payment, claimed by the request, commit together; the gateway is called
+outside any transaction; the answer lands through `apply_charge_result`, which the webhook applier
+and every sweep use too, with the stored response, in one transaction.
 """
 
 from __future__ import annotations
@@ -12,11 +13,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from ..domain import ids
-from ..domain.errors import GatewayUnavailable, NotFound, ValidationFailed
-from ..domain.events import Event, EventType, rfc3339, utcnow
-from ..domain.model import PAYMENT_TRANSITIONS, PaymentStatus
-from ..domain.payments import Payment, PaymentMethod
+from ..domain import ids, lifecycle
+from ..domain.errors import DomainError, GatewayUnavailable, NotFound, ValidationFailed
+from ..domain.events import utcnow
+from ..domain.lifecycle import PAYMENTS, payment_failed_event
+from ..domain.model import PaymentStatus
+from ..domain.payments import Payment, PaymentMethod, Refund
 from ..gateways.base import (
     CardDetails,
     ChargeRequest,
@@ -28,6 +30,7 @@ from ..gateways.base import (
     SavedMethod,
     idempotency_key_for,
 )
+from .lifecycle import walk
 from .risk import RiskAction, RiskDecision, RiskFacts, RiskRules, assess
 from .unit_of_work import AbstractUnitOfWork, Clock, UowFactory
 
@@ -42,176 +45,168 @@ class TopUp:
     user_id: str
     amount: int
     currency: str
-    payment_id: str  # allocated by the idempotency claim, so a retry resumes the same payment
     gateway: str | None = None
     token: str | None = None
     payment_method_id: str | None = None
     return_url: str | None = None
     device_id: str | None = None
     device_ip: str | None = None
-    resumed: bool = True  # False only when the payment id is known to be brand new (saves a read)
 
 
 @dataclass(frozen=True)
 class PaymentSettings:
     rules: RiskRules
     pending_3ds_ttl_seconds: int = 900
+    reconcile_after_seconds: int = 180  # a PENDING payment nobody answered is first looked at after this
+    # While the gateway's idempotency key can still replay the original call (Stripe keeps keys 24 h),
+    # a stuck payment is resolved by replaying the charge, never by a lookup that found nothing.
+    replay_window_seconds: int = 23 * 3600
 
 
-# --- events -------------------------------------------------------------------------------
-
-
-def _base_data(p: Payment) -> dict[str, object]:
-    return {
-        "payment_id": p.id,
-        "user_id": p.user_id,
-        "amount": p.amount,
-        "currency": p.currency,
-        "gateway": p.gateway,
-        "gateway_payment_id": p.gateway_payment_id,
-    }
-
-
-def captured_event(p: Payment) -> Event:
-    assert p.captured_at is not None
-    return Event(EventType.PAYMENT_CAPTURED, p.id, p.user_id, {**_base_data(p), "captured_at": rfc3339(p.captured_at)})
-
-
-def failed_event(p: Payment) -> Event:
-    data = {**_base_data(p), "failure_code": p.failure_code, "failure_message": p.failure_message}
-    return Event(EventType.PAYMENT_FAILED, p.id, p.user_id, data)
-
-
-def expired_event(p: Payment) -> Event:
-    return Event(EventType.PAYMENT_EXPIRED, p.id, p.user_id, _base_data(p))
-
-
-# --- transitions shared by every path -----------------------------------------------------
-
-
-def move_payment(uow: AbstractUnitOfWork, payment: Payment, new: PaymentStatus, **changes: object) -> Payment | None:
-    """Guarded transition plus its event, inside the caller's unit of work. None if another path won."""
-    allowed = [s.value for s in PAYMENT_TRANSITIONS[new]]
-    moved = uow.payments.transition(payment.id, new.value, allowed, **changes)
-    if not moved:
-        return None
-    after = Payment(**{**vars(payment), **changes, "status": new.value})
-    if new is PaymentStatus.CAPTURED:
-        uow.outbox.add(captured_event(after))
-    elif new is PaymentStatus.FAILED:
-        uow.outbox.add(failed_event(after))
-    elif new is PaymentStatus.EXPIRED:
-        uow.outbox.add(expired_event(after))
-    return after
+# --- applying a gateway's answer: the one function every path uses ----------------------------
 
 
 def apply_charge_result(
-    uow_factory: UowFactory,
-    payment_id: str,
-    result: ChargeResult,
-    ttl_3ds: int,
-    now: Clock = utcnow,
-    known: Payment | None = None,
+    uow: AbstractUnitOfWork, payment: Payment, result: ChargeResult, at: datetime, settings: PaymentSettings
 ) -> Payment:
-    """Apply what the gateway said to the payment; a no-op if another path already moved it.
+    """Land what the gateway said about a charge on the payment, inside the caller's unit of work.
 
-    `known` is the payment as the caller holds it (the top-up that just recorded it): it saves
-    reading the row again. Only its unchanging fields are used; the status guard is in SQL.
+    `payment` may be the copy the caller holds: the moves are guarded and re-read on a mismatch.
+    A failure of a superseded attempt is ignored; a success that no move can record (the payment
+    is closed, or another attempt captured it) is given back by a refund recorded here (rule 8).
     """
-    t = now()
+    attempt = result.gateway_payment_id
+    target = PAYMENTS.target_for(result.status.value)
+    gw_id = {"gateway_payment_id": attempt} if attempt and payment.gateway_payment_id is None else {}
     card = result.card
-    card_changes: dict[str, object] = {}
-    if card is not None:
-        card_changes = {"card_brand": card.brand, "card_last4": card.last4, "card_country": card.country}
-    after: Payment | None = None
-    with uow_factory() as uow:
-        payment = known if known is not None else uow.payments.get(payment_id)
-        if payment is None:
-            raise NotFound(f"payment {payment_id} not found")
-        gw_id = {"gateway_payment_id": result.gateway_payment_id} if result.gateway_payment_id else {}
-        if result.status is ChargeStatus.SUCCEEDED:
-            after = move_payment(
-                uow,
-                payment,
-                PaymentStatus.CAPTURED,
-                **gw_id,
-                **card_changes,
-                captured_at=t,
-                next_action_url=None,
-                updated_at=t,
-            )
-        elif result.status is ChargeStatus.REQUIRES_ACTION:
-            after = move_payment(
-                uow,
-                payment,
-                PaymentStatus.PENDING_3DS,
-                **gw_id,
-                **card_changes,
-                next_action_url=result.redirect_url,
-                expires_at=t + timedelta(seconds=ttl_3ds),
-                updated_at=t,
-            )
-        elif result.status in (ChargeStatus.FAILED, ChargeStatus.CANCELED):
-            after = move_payment(
-                uow,
-                payment,
-                PaymentStatus.FAILED,
-                **gw_id,
-                **card_changes,
-                failure_code=result.failure_code or "payment_failed",
-                failure_message=(result.failure_message or "the payment failed")[:255],
-                next_action_url=None,
-                updated_at=t,
-            )
-        elif gw_id and payment.gateway_payment_id is None:
-            uow.payments.update(payment_id, **gw_id, updated_at=t)  # PROCESSING: stays PENDING
-        uow.commit()
-    if after is not None:
+    card_changes = (
+        {"card_brand": card.brand, "card_last4": card.last4, "card_country": card.country} if card else {}
+    )
+    if target is None:  # processing: no move yet; remember the gateway's id and look again later
+        if gw_id:
+            uow.records.update(lifecycle.PAYMENT, payment.id, **gw_id, updated_at=at)
+        return payment
+    if target == PaymentStatus.FAILED.value and not lifecycle.failure_applies(payment, attempt):
+        logger.info(
+            "failure of a superseded attempt ignored",
+            extra={"payment_id": payment.id, "attempt": attempt, "current_attempt": payment.gateway_payment_id},
+        )
+        return payment
+    if target == PaymentStatus.CAPTURED.value:
+        after, moved = _walk(uow, payment, target, at, {**gw_id, **card_changes, "captured_at": at,
+                                                        "next_action_url": None})
+        if not moved and lifecycle.is_late_success(after, attempt):
+            after = record_late_refund(uow, after, result, at)
         return after
-    # Nothing moved here (another path won, or still processing): answer with what is stored.
-    with uow_factory() as uow:
-        fresh = uow.payments.get(payment_id)
-    assert fresh is not None
-    return fresh
+    if target == PaymentStatus.PENDING_3DS.value:
+        expires = at + timedelta(seconds=settings.pending_3ds_ttl_seconds)
+        changes = {**gw_id, **card_changes, "next_action_url": result.redirect_url, "expires_at": expires,
+                   "next_attempt_at": expires}
+        return _walk(uow, payment, target, at, changes)[0]
+    changes = {
+        **gw_id,
+        **card_changes,
+        "failure_code": result.failure_code or "payment_failed",
+        "failure_message": (result.failure_message or "the payment failed")[:255],
+        "next_action_url": None,
+    }
+    return _walk(uow, payment, target, at, changes)[0]
+
+
+def _walk(
+    uow: AbstractUnitOfWork, payment: Payment, target: str, at: datetime, changes: Mapping[str, object]
+) -> tuple[Payment, bool]:
+    return walk(uow, PAYMENTS, payment, target, at, **changes)
+
+
+def record_late_refund(uow: AbstractUnitOfWork, payment: Payment, result: ChargeResult, at: datetime) -> Payment:
+    """Money the gateway took for a payment we cannot capture goes back: a PENDING refund of the
+    captured attempt, due at once, which the refund sweep sends and retries until it is done."""
+    attempt = result.gateway_payment_id or payment.gateway_payment_id
+    refund_id = lifecycle.late_refund_id(payment.id, attempt)
+    if uow.refunds.get(refund_id) is not None:
+        return payment  # recorded already: a duplicate delivery of the same success
+    code = lifecycle.late_refund_code(payment)
+    amount = result.amount or payment.amount
+    uow.refunds.add(
+        Refund(
+            id=refund_id, payment_id=payment.id, user_id=payment.user_id, amount=amount, currency=payment.currency,
+            status="PENDING", created_at=at, updated_at=at, reason=code, gateway_payment_id=attempt,
+            next_attempt_at=at,
+        )
+    )
+    changes: dict[str, object] = {"updated_at": at}
+    if payment.status != PaymentStatus.CAPTURED.value:
+        changes.update(
+            failure_code=code,
+            failure_message="the gateway took the money after the payment was closed; refunded in full",
+            refunded_amount=payment.amount,
+        )
+        if payment.gateway_payment_id is None:
+            changes["gateway_payment_id"] = attempt
+    uow.records.update(lifecycle.PAYMENT, payment.id, **changes)
+    logger.warning(
+        "late success refunded",
+        extra={"payment_id": payment.id, "status": payment.status, "attempt": attempt, "refund_id": refund_id,
+               "gateway": payment.gateway, "metric": "late_success_refunds"},
+    )
+    after = uow.payments.get(payment.id)
+    assert after is not None
+    return after
 
 
 # --- top-up -------------------------------------------------------------------------------
 
 
-def top_up(
-    cmd: TopUp,
-    uow_factory: UowFactory,
-    gateways: Mapping[str, Gateway],
-    settings: PaymentSettings,
-    now: Clock = utcnow,
-) -> Payment:
-    existing = None
-    if cmd.resumed:
-        with uow_factory() as uow:
-            existing = uow.payments.get(cmd.payment_id)
-    if existing is not None:
-        # A retry of a request that crashed or timed out after its payment was recorded.
-        if existing.status != PaymentStatus.PENDING:
-            return existing
-        method = _saved_method(uow_factory, existing.payment_method_id, cmd.user_id)
-        return _charge(
-            existing,
-            method,
-            uow_factory,
-            gateways,
-            settings,
-            force_3ds=existing.risk_decision == RiskAction.REQUIRE_3DS.value,
-            now=now,
-        )
+def charge_request(payment: Payment, method: PaymentMethod | None, token: str | None = None) -> ChargeRequest:
+    """The charge for a payment, the same on every call: the gateway key derives from our id, so a
+    replay (a retried request, reconciliation) charges at most once and returns the first outcome."""
+    return ChargeRequest(
+        reference=payment.id,
+        amount=payment.amount,
+        currency=payment.currency,
+        idempotency_key=idempotency_key_for(payment.id, "charge"),
+        token=method.gateway_token if method else (token or payment.gateway_token or ""),
+        customer_ref=method.gateway_customer_ref if method else None,
+        return_url=payment.return_url,
+        description=f"Wallet top-up {payment.id}",
+        metadata={"payment_id": payment.id, "user_id": payment.user_id},
+        request_three_d_secure=payment.risk_decision == RiskAction.REQUIRE_3DS.value,
+    )
 
-    method = _saved_method(uow_factory, cmd.payment_method_id, cmd.user_id)
-    gateway_name = method.gateway if method is not None else cmd.gateway
-    if gateway_name is None or gateway_name not in gateways:
-        raise ValidationFailed(f"gateway must be one of {sorted(gateways)}", field="gateway")
 
-    t = now()
-    with uow_factory() as uow:
-        window = t - timedelta(seconds=settings.rules.velocity_window_seconds)
+def charge(gateway: Gateway, request: ChargeRequest) -> ChargeResult:
+    """Call the gateway; a definite refusal is a FAILED answer. GatewayUnavailableError passes through."""
+    try:
+        return gateway.charge(request)
+    except GatewayUnavailableError:
+        raise
+    except GatewayError as exc:
+        return ChargeResult(ChargeStatus.FAILED, None, failure_code=exc.code, failure_message=str(exc))
+
+
+class TopUpFlow:
+    """The top-up as a keyed request (services/idempotency.Flow)."""
+
+    kind = lifecycle.PAYMENT
+    prefix = ids.PAYMENT
+
+    def __init__(
+        self, cmd: TopUp, gateways: Mapping[str, Gateway], settings: PaymentSettings, now: Clock = utcnow
+    ) -> None:
+        self.cmd = cmd
+        self.gateways = gateways
+        self.settings = settings
+        self.now = now
+        self.method: PaymentMethod | None = None
+
+    def create(self, uow: AbstractUnitOfWork, record_id: str, t: datetime, claimed_until: datetime) -> Payment:
+        cmd = self.cmd
+        self.method = method = _saved_method(uow, cmd.payment_method_id, cmd.user_id)
+        gateway_name = method.gateway if method is not None else cmd.gateway
+        if gateway_name is None or gateway_name not in self.gateways:
+            raise ValidationFailed(f"gateway must be one of {sorted(self.gateways)}", field="gateway")
+        window = t - timedelta(seconds=self.settings.rules.velocity_window_seconds)
         attempts, amount = uow.payments.velocity(cmd.user_id, window)
         device_known = bool(cmd.device_id) and uow.payments.device_seen(cmd.user_id, str(cmd.device_id))
         decision = assess(
@@ -224,47 +219,62 @@ def top_up(
                 card_iin=method.iin if method else None,
                 card_country=method.country if method else None,
             ),
-            settings.rules,
+            self.settings.rules,
         )
-        payment = _new_payment(cmd, gateway_name, method, decision, t)
+        payment = _new_payment(cmd, record_id, gateway_name, method, decision, t)
+        if not decision.refused:
+            payment.claimed_until = claimed_until
+            payment.next_attempt_at = t + timedelta(seconds=self.settings.reconcile_after_seconds)
         uow.payments.add(payment)
         if decision.refused:
-            uow.outbox.add(failed_event(payment))
-        # Committed before the gateway is called: whatever happens next, this row exists and
-        # reconciliation can find the charge by our id.
-        uow.commit()
-    logger.info(
-        "top-up recorded",
-        extra={
-            "payment_id": payment.id,
-            "user_id": cmd.user_id,
-            "amount": cmd.amount,
-            "currency": cmd.currency,
-            "gateway": gateway_name,
-            "risk": decision.action.value,
-            "risk_reasons": list(decision.reasons),
-        },
-    )
-    if decision.refused:
+            uow.outbox.add(payment_failed_event(payment))
+        logger.info(
+            "top-up recorded",
+            extra={
+                "payment_id": payment.id,
+                "user_id": cmd.user_id,
+                "amount": cmd.amount,
+                "currency": cmd.currency,
+                "gateway": gateway_name,
+                "risk": decision.action.value,
+                "risk_reasons": list(decision.reasons),
+            },
+        )
         return payment
-    return _charge(
-        payment,
-        method,
-        uow_factory,
-        gateways,
-        settings,
-        force_3ds=decision.action is RiskAction.REQUIRE_3DS,
-        now=now,
-        token=cmd.token,
-    )
+
+    def resume(self, uow: AbstractUnitOfWork, record: Payment) -> None:
+        self.method = _saved_method(uow, record.payment_method_id, record.user_id)
+
+    def needs_call(self, record: Payment) -> bool:
+        return record.status == PaymentStatus.PENDING.value
+
+    def call(self, record: Payment) -> ChargeResult:
+        return charge(self.gateways[record.gateway], charge_request(record, self.method, self.cmd.token))
+
+    def apply(self, uow: AbstractUnitOfWork, record: Payment, answer: ChargeResult, t: datetime) -> Payment:
+        after = apply_charge_result(uow, record, answer, t, self.settings)
+        if after.status == PaymentStatus.PENDING.value:
+            # Still processing at the gateway: the reconciliation sweep asks again later.
+            uow.records.release(
+                lifecycle.PAYMENT, record.id, next_attempt_at=self.retry_at(t), count_attempt=False
+            )
+        return after
+
+    def unavailable(self, record: Payment) -> DomainError:
+        return GatewayUnavailable(
+            f"{record.gateway} did not answer; payment {record.id} is pending and will be resolved"
+        )
+
+    def retry_at(self, t: datetime) -> datetime:
+        return t + timedelta(seconds=self.settings.reconcile_after_seconds)
 
 
 def _new_payment(
-    cmd: TopUp, gateway: str, method: PaymentMethod | None, decision: RiskDecision, t: datetime
+    cmd: TopUp, payment_id: str, gateway: str, method: PaymentMethod | None, decision: RiskDecision, t: datetime
 ) -> Payment:
     refused = decision.refused
     return Payment(
-        id=cmd.payment_id,
+        id=payment_id,
         user_id=cmd.user_id,
         amount=cmd.amount,
         currency=cmd.currency,
@@ -287,54 +297,14 @@ def _new_payment(
     )
 
 
-def _saved_method(uow_factory: UowFactory, method_id: str | None, user_id: str) -> PaymentMethod | None:
+def _saved_method(uow: AbstractUnitOfWork, method_id: str | None, user_id: str) -> PaymentMethod | None:
     if method_id is None:
         return None
-    with uow_factory() as uow:
-        method = uow.payment_methods.get(method_id)
+    method = uow.payment_methods.get(method_id)
     # Another user's method and a deleted one answer exactly like a missing one.
     if method is None or method.user_id != user_id or method.deleted_at is not None:
         raise ValidationFailed("no such payment method", field="payment_method_id")
     return method
-
-
-def _charge(
-    payment: Payment,
-    method: PaymentMethod | None,
-    uow_factory: UowFactory,
-    gateways: Mapping[str, Gateway],
-    settings: PaymentSettings,
-    *,
-    force_3ds: bool,
-    now: Clock,
-    token: str | None = None,
-) -> Payment:
-    gateway = gateways[payment.gateway]
-    request = ChargeRequest(
-        reference=payment.id,
-        amount=payment.amount,
-        currency=payment.currency,
-        # Derived from our own id: the same key on every retry, so the gateway charges at most once.
-        idempotency_key=idempotency_key_for(payment.id, "charge"),
-        token=method.gateway_token if method else (token or payment.gateway_token or ""),
-        customer_ref=method.gateway_customer_ref if method else None,
-        return_url=payment.return_url,
-        description=f"Wallet top-up {payment.id}",
-        metadata={"payment_id": payment.id, "user_id": payment.user_id},
-        request_three_d_secure=force_3ds,
-    )
-    try:
-        result = gateway.charge(request)
-    except GatewayUnavailableError as exc:
-        # The outcome is unknown: the payment stays PENDING; a retry with the same Idempotency-Key
-        # resumes it with the same gateway key, and reconciliation resolves it otherwise.
-        logger.warning("gateway unavailable during charge", extra={"payment_id": payment.id, "error": str(exc)})
-        raise GatewayUnavailable(
-            f"{payment.gateway} did not answer; payment {payment.id} is pending and will be resolved"
-        ) from exc
-    except GatewayError as exc:
-        result = ChargeResult(ChargeStatus.FAILED, None, failure_code=exc.code, failure_message=str(exc))
-    return apply_charge_result(uow_factory, payment.id, result, settings.pending_3ds_ttl_seconds, now, known=payment)
 
 
 # --- payment methods ----------------------------------------------------------------------

@@ -7,13 +7,14 @@ Gateway calls happen between units of work, never inside one (DESIGN.md rule 2).
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection
 from datetime import datetime
 from typing import Any
 
 from ..domain.events import Event
+from ..domain.lifecycle import Move
 from ..domain.payments import IdempotencyRecord, InboxEvent, Page, PageCursor, Payment, PaymentMethod, Refund
-from ..domain.withdrawals import Withdrawal  # --- withdrawals ---
+from ..domain.withdrawals import Withdrawal
 
 
 class PaymentRepository(abc.ABC):
@@ -22,14 +23,6 @@ class PaymentRepository(abc.ABC):
 
     @abc.abstractmethod
     def get(self, payment_id: str, *, for_update: bool = False) -> Payment | None: ...
-
-    @abc.abstractmethod
-    def transition(self, payment_id: str, new_status: str, allowed_from: Sequence[str], **changes: Any) -> bool:
-        """Move one payment if, and only if, its status is still one of `allowed_from`; True if it moved."""
-
-    @abc.abstractmethod
-    def update(self, payment_id: str, **changes: Any) -> None:
-        """Change fields that are not the status (e.g. the gateway id of a PENDING payment)."""
 
     @abc.abstractmethod
     def list_for_user(self, user_id: str | None, status: str | None, limit: int, cursor: PageCursor | None) -> Page: ...
@@ -44,14 +37,6 @@ class PaymentRepository(abc.ABC):
 
     @abc.abstractmethod
     def find_by_gateway_id(self, gateway: str, gateway_payment_id: str) -> Payment | None: ...
-
-    @abc.abstractmethod
-    def expired_3ds(self, now: datetime, limit: int) -> list[Payment]:
-        """PENDING_3DS payments whose expires_at has passed (the expiry scan)."""
-
-    @abc.abstractmethod
-    def stuck_pending(self, updated_before: datetime, limit: int) -> list[Payment]:
-        """PENDING payments not touched since `updated_before` (the reconciliation scan)."""
 
     # --- refunds: the payment's refunded_amount, guarded in SQL ---
     @abc.abstractmethod
@@ -96,14 +81,6 @@ class RefundRepository(abc.ABC):
     @abc.abstractmethod
     def get(self, refund_id: str) -> Refund | None: ...
 
-    # --- refunds ---
-    @abc.abstractmethod
-    def transition(self, refund_id: str, new_status: str, allowed_from: Sequence[str], **changes: Any) -> bool:
-        """Move one refund if, and only if, its status is still one of `allowed_from`; True if it moved."""
-
-    @abc.abstractmethod
-    def update(self, refund_id: str, **changes: Any) -> None: ...
-
     @abc.abstractmethod
     def find_by_gateway_id(self, gateway_refund_id: str) -> Refund | None: ...
 
@@ -111,14 +88,7 @@ class RefundRepository(abc.ABC):
     def list_for_payment(self, payment_id: str) -> list[Refund]:
         """The payment's refunds, oldest first."""
 
-    @abc.abstractmethod
-    def stuck_pending(self, updated_before: datetime, limit: int) -> list[Refund]:
-        """PENDING refunds not touched since `updated_before` (the refund retry scan)."""
 
-    # --- end refunds ---
-
-
-# --- withdrawals ---
 class WithdrawalRepository(abc.ABC):
     @abc.abstractmethod
     def add(self, withdrawal: Withdrawal) -> None: ...
@@ -127,31 +97,50 @@ class WithdrawalRepository(abc.ABC):
     def get(self, withdrawal_id: str, *, for_update: bool = False) -> Withdrawal | None: ...
 
     @abc.abstractmethod
-    def transition(
-        self,
-        withdrawal_id: str,
-        new_status: str,
-        allowed_from: Sequence[str],
-        *,
-        updated_before: datetime | None = None,
-        **changes: Any,
-    ) -> bool:
-        """Move one withdrawal if its status is still one of `allowed_from` (and, with `updated_before`,
-        nobody touched it since); True if it moved. new_status may equal the old one: a guarded touch."""
-
-    @abc.abstractmethod
-    def update(self, withdrawal_id: str, **changes: Any) -> None:
-        """Change fields that are not the status (gateway references, updated_at)."""
-
-    @abc.abstractmethod
     def find_by_gateway_id(self, gateway_payout_id: str) -> Withdrawal | None: ...
 
+
+
+class RecordRepository(abc.ABC):
+    """The one primitive every money path changes a payment, refund or withdrawal through.
+
+    `kind` is a lifecycle kind (domain/lifecycle.py: payment, refund, withdrawal). Status changes go
+    only through `move`; ownership of a record whose gateway call is in flight through `claim` /
+    `claim_due` / `release` (DESIGN.md rule 7).
+    """
+
     @abc.abstractmethod
-    def stuck(self, status: str, updated_before: datetime, limit: int) -> list[Withdrawal]:
-        """Withdrawals in `status` not touched since `updated_before`, oldest first (the worker's scans)."""
+    def get(self, kind: str, record_id: str, *, for_update: bool = False) -> Any | None: ...
 
+    @abc.abstractmethod
+    def move(self, move: Move[Any]) -> bool:
+        """UPDATE ... SET status = target WHERE id = :id AND status IN (allowed); if, and only if, the
+        row moved, write the move's event to the outbox in the same transaction. True if it moved."""
 
-# --- end withdrawals ---
+    @abc.abstractmethod
+    def update(self, kind: str, record_id: str, **changes: Any) -> None:
+        """Change fields that are not the status (a gateway reference, when to look again)."""
+
+    @abc.abstractmethod
+    def claim(self, kind: str, record_id: str, statuses: Collection[str], now: datetime, until: datetime) -> bool:
+        """Take the record for a gateway call if it is in one of `statuses` and nobody holds it (no
+        claim, or one that expired); True if taken."""
+
+    @abc.abstractmethod
+    def claim_due(
+        self, kind: str, statuses: Collection[str], now: datetime, until: datetime, limit: int
+    ) -> list[Any]:
+        """A sweep's batch: up to `limit` records in `statuses` whose next attempt is due and that
+        nobody holds, earliest due first, claimed until `until` (`SKIP LOCKED`: replicas never
+        share a record)."""
+
+    @abc.abstractmethod
+    def release(
+        self, kind: str, record_id: str, *, next_attempt_at: datetime, error: str | None = None,
+        count_attempt: bool = True,
+    ) -> None:
+        """Give a claimed record back: when to look at it again, and why (None: no error, only not
+        finished yet)."""
 
 
 class IdempotencyRepository(abc.ABC):
@@ -211,9 +200,8 @@ class AbstractUnitOfWork(abc.ABC):
     idempotency: IdempotencyRepository
     outbox: OutboxRepository
     gateway_events: GatewayEventRepository
-    # --- withdrawals ---
     withdrawals: WithdrawalRepository
-    # --- end withdrawals ---
+    records: RecordRepository
 
     def __enter__(self) -> AbstractUnitOfWork:
         return self

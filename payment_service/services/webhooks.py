@@ -9,34 +9,34 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from ..domain.events import utcnow
-from ..domain.model import PaymentStatus
-from ..domain.payments import InboxEvent, Payment, Refund
-from ..gateways.base import (
-    ChargeResult,
-    ChargeStatus,
-    Gateway,
-    GatewayError,
-    GatewayUnavailableError,
-    RefundStatus,
-    WebhookEvent,
-    idempotency_key_for,
-)
+from ..domain.payments import InboxEvent
+from ..gateways.base import ChargeStatus, Gateway, GatewayUnavailableError, WebhookEvent
+from .lifecycle import UnknownObject
 from .payments import PaymentSettings, apply_charge_result
+from .refunds import RefundSettings, apply_refund_event
 from .unit_of_work import UowFactory
+from .withdrawals import WithdrawalSettings, apply_payout_event
 
 logger = logging.getLogger(__name__)
 
 
 MAX_ATTEMPTS = 25  # with the backoff below: retried for about three hours, then kept as FAILED
 LEASE_SECONDS = 60
-LATE_REFUND_CODE = "expired_then_refunded"
+
+__all__ = ["UnknownObject", "ApplySettings", "store_webhook", "apply_due_events", "apply_event"]
 
 
-class UnknownObject(Exception):
-    """The event is about something we have not recorded (yet): retry later, never drop."""
+@dataclass(frozen=True)
+class ApplySettings:
+    """What applying an answer needs to know, per kind of record."""
+
+    payments: PaymentSettings
+    refunds: RefundSettings = RefundSettings()
+    withdrawals: WithdrawalSettings = WithdrawalSettings()
 
 
 def store_webhook(
@@ -70,7 +70,7 @@ def backoff(attempts: int) -> timedelta:
 def apply_due_events(
     uow_factory: UowFactory,
     gateways: Mapping[str, Gateway],
-    settings: PaymentSettings,
+    settings: ApplySettings,
     now: Callable[[], datetime] = utcnow,
     limit: int = 50,
 ) -> int:
@@ -128,7 +128,7 @@ def apply_event(
     inbox: InboxEvent,
     uow_factory: UowFactory,
     gateways: Mapping[str, Gateway],
-    settings: PaymentSettings,
+    settings: ApplySettings,
     now: Callable[[], datetime] = utcnow,
 ) -> str:
     """Apply one stored event; returns APPLIED (something moved) or IGNORED (nothing to do)."""
@@ -141,94 +141,35 @@ def apply_event(
         inbox.reference,
         json.loads(inbox.payload),
     )
-    charge = gateway.charge_result_from_event(event)
-    if charge is not None:
-        return _apply_charge_event(inbox, charge, uow_factory, gateway, settings, now)
-    for handler in EXTRA_HANDLERS:
-        outcome = handler(event, gateway, uow_factory, now)
-        if outcome is not None:
-            return outcome
-    return "IGNORED"  # a type we do not act on: recorded, answered 200, nothing else
-
-
-# Later features (refunds, payouts) register handlers: (event, gateway, uow_factory, now) -> outcome | None.
-EXTRA_HANDLERS: list[Callable[[WebhookEvent, Gateway, UowFactory, Callable[[], datetime]], str | None]] = []
-
-
-def _find_payment(uow_factory: UowFactory, gateway: str, reference: str | None, gateway_id: str | None) -> Payment:
-    with uow_factory() as uow:
-        payment = uow.payments.get(reference) if reference else None
-        if payment is None and gateway_id:
-            payment = uow.payments.find_by_gateway_id(gateway, gateway_id)
-    if payment is None or payment.gateway != gateway:
-        raise UnknownObject(f"no payment for reference={reference} gateway_id={gateway_id}")
-    return payment
+    # Each handler answers None for an event that is not its kind; the first that answers wins.
+    outcome = _apply_charge_event(event, gateway, uow_factory, now, settings.payments)
+    if outcome is None:
+        outcome = apply_refund_event(event, gateway, uow_factory, now, settings.refunds)
+    if outcome is None:
+        outcome = apply_payout_event(event, gateway, uow_factory, now, settings.withdrawals)
+    return outcome or "IGNORED"  # a type we do not act on: recorded, answered 200, nothing else
 
 
 def _apply_charge_event(
-    inbox: InboxEvent,
-    charge: ChargeResult,
-    uow_factory: UowFactory,
+    event: WebhookEvent,
     gateway: Gateway,
-    settings: PaymentSettings,
+    uow_factory: UowFactory,
     now: Callable[[], datetime],
-) -> str:
-    payment = _find_payment(uow_factory, inbox.gateway, charge.reference or inbox.reference, charge.gateway_payment_id)
-    if payment.status == PaymentStatus.EXPIRED and charge.status is ChargeStatus.SUCCEEDED:
-        return refund_late_success(payment, charge, uow_factory, gateway, now)
+    settings: PaymentSettings,
+) -> str | None:
+    charge = gateway.charge_result_from_event(event)
+    if charge is None:
+        return None
     if charge.status is ChargeStatus.PROCESSING:
         return "IGNORED"
-    after = apply_charge_result(uow_factory, payment.id, charge, settings.pending_3ds_ttl_seconds, now)
-    return "APPLIED" if after.status != payment.status else "IGNORED"
-
-
-def refund_late_success(
-    payment: Payment, charge: ChargeResult, uow_factory: UowFactory, gateway: Gateway, now: Callable[[], datetime]
-) -> str:
-    """The customer finished 3-D Secure after we expired the payment: give the money back."""
-    if payment.failure_code == LATE_REFUND_CODE:
-        return "IGNORED"  # refunded already (a duplicate or a second success event)
-    gateway_id = charge.gateway_payment_id or payment.gateway_payment_id
-    assert gateway_id is not None
-    # Deterministic ids: a retry after a crash refunds with the same key, so never twice.
-    refund_id = "re_" + payment.id.removeprefix("pay_") + "x"
-    try:
-        result = gateway.refund(
-            gateway_id,
-            payment.amount,
-            payment.currency,
-            reference=refund_id,
-            idempotency_key=idempotency_key_for(payment.id, "late_refund"),
-        )
-    except GatewayError as exc:
-        if isinstance(exc, GatewayUnavailableError) or exc.code != "refund_exceeds_captured":
-            raise
-        result = None  # refunded already at the gateway by an earlier attempt
-    t = now()
+    reference = charge.reference or event.reference
     with uow_factory() as uow:
-        uow.payments.update(
-            payment.id,
-            failure_code=LATE_REFUND_CODE,
-            gateway_payment_id=gateway_id,
-            failure_message="3-D Secure completed after the payment expired; refunded in full",
-            refunded_amount=payment.amount,
-            updated_at=t,
-        )
-        if result is not None and uow.refunds.get(refund_id) is None:
-            uow.refunds.add(
-                Refund(
-                    id=refund_id,
-                    payment_id=payment.id,
-                    user_id=payment.user_id,
-                    amount=payment.amount,
-                    currency=payment.currency,
-                    status="SUCCEEDED" if result.status is RefundStatus.SUCCEEDED else "PENDING",
-                    created_at=t,
-                    updated_at=t,
-                    reason="expired_then_refunded",
-                    gateway_refund_id=result.gateway_refund_id,
-                )
-            )
+        payment = uow.payments.get(reference) if reference else None
+        if payment is None and charge.gateway_payment_id:
+            payment = uow.payments.find_by_gateway_id(event.gateway, charge.gateway_payment_id)
+        if payment is None or payment.gateway != event.gateway:
+            raise UnknownObject(f"no payment for reference={reference} gateway_id={charge.gateway_payment_id}")
+        before = (payment.status, payment.failure_code)
+        after = apply_charge_result(uow, payment, charge, now(), settings)
         uow.commit()
-    logger.warning("late 3-D Secure success refunded", extra={"payment_id": payment.id, "gateway": payment.gateway})
-    return "APPLIED"
+    return "APPLIED" if (after.status, after.failure_code) != before else "IGNORED"

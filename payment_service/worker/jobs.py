@@ -18,7 +18,7 @@ from sqlalchemy import delete, select
 from ..adapters.orm import IdempotencyKeyRow
 from ..bootstrap import Container
 from ..domain.events import utcnow
-from ..services import jobs, refunds, webhooks, withdrawals  # refunds, withdrawals: also register webhook handlers
+from ..services import jobs, refunds, webhooks, withdrawals
 
 logger = logging.getLogger(__name__)
 
@@ -49,47 +49,33 @@ def purge(container: Container) -> dict[str, int]:
     return out
 
 
-# --- refunds and withdrawals: retry PENDING refunds, poll PROCESSING payouts, retry REQUESTED ones ---
-
-
-def withdrawal_settings(container: Container) -> withdrawals.WithdrawalSettings:
-    s = container.settings
-    return withdrawals.WithdrawalSettings(
-        poll_after_seconds=s.PAYOUT_POLL_AFTER_SECONDS,
-        retry_after_seconds=s.WITHDRAWAL_RETRY_AFTER_SECONDS,
-        give_up_after_seconds=s.WITHDRAWAL_GIVE_UP_AFTER_SECONDS,
-    )
-
-
-def retry_refunds(container: Container) -> int:
-    c = container
-    return refunds.retry_pending_refunds(c.uow_factory, c.gateways(), c.settings.REFUND_RETRY_AFTER_SECONDS)
-
-
-def resolve_payouts(container: Container) -> dict[str, int]:
-    c, ws = container, withdrawal_settings(container)
-    return {
-        "polled": withdrawals.poll_processing_payouts(c.uow_factory, c.gateways(), ws),
-        "retried": withdrawals.retry_requested_withdrawals(c.uow_factory, c.gateways(), ws),
-    }
-
-
-# --- end refunds and withdrawals ---
-
-
 def apply_webhooks(container: Container) -> int:
     c = container
-    return webhooks.apply_due_events(c.uow_factory, c.gateways(), c.payment_settings())
+    return webhooks.apply_due_events(c.uow_factory, c.gateways(), c.apply_settings())
 
 
 def expire(container: Container) -> int:
     c = container
-    return jobs.expire_pending_3ds(c.uow_factory, c.gateways(), c.payment_settings())
+    return jobs.expire_pending_3ds(c.uow_factory, c.gateways(), c.payment_settings(), policy=c.sweep_policy()).finished
 
 
 def reconcile(container: Container) -> int:
     c = container
-    return jobs.reconcile_pending(c.uow_factory, c.gateways(), c.payment_settings(), c.settings.RECONCILE_AFTER_SECONDS)
+    return jobs.reconcile_pending(c.uow_factory, c.gateways(), c.payment_settings(), policy=c.sweep_policy()).finished
+
+
+def retry_refunds(container: Container) -> int:
+    c = container
+    return refunds.retry_pending_refunds(
+        c.uow_factory, c.gateways(), c.refund_settings(), policy=c.sweep_policy()
+    ).finished
+
+
+def resolve_payouts(container: Container) -> int:
+    c = container
+    return withdrawals.resolve_withdrawals(
+        c.uow_factory, c.gateways(), c.withdrawal_settings(), policy=c.sweep_policy()
+    ).finished
 
 
 def run_all_once(container: Container) -> dict[str, Any]:
@@ -100,10 +86,8 @@ def run_all_once(container: Container) -> dict[str, Any]:
         "expired": expire(c),
         "reconciled": reconcile(c),
         "purged": purge(c),
-        # --- refunds and withdrawals ---
         "refunds_retried": retry_refunds(c),
         "payouts": resolve_payouts(c),
-        # --- end refunds and withdrawals ---
     }
 
 
@@ -118,25 +102,22 @@ def _guarded(name: str, fn: Any) -> Any:
 
 
 def build_scheduler(container: Container, scheduler: BackgroundScheduler | None = None) -> BackgroundScheduler:
-    c, settings = container, container.payment_settings()
-    s = container.settings
+    c, s = container, container.settings
     sched = scheduler or BackgroundScheduler(timezone="UTC")
     job_defaults = {"coalesce": True, "max_instances": 1, "misfire_grace_time": 30}
     sched.add_job(
-        _guarded("webhooks", lambda: webhooks.apply_due_events(c.uow_factory, c.gateways(), settings)),
+        _guarded("webhooks", lambda: apply_webhooks(c)),
         "interval", seconds=s.WORKER_WEBHOOK_INTERVAL_SECONDS, id="apply_webhooks", **job_defaults,
     )
     sched.add_job(
-        _guarded("expire", lambda: jobs.expire_pending_3ds(c.uow_factory, c.gateways(), settings)),
+        _guarded("expire", lambda: expire(c)),
         "interval", seconds=s.WORKER_EXPIRY_INTERVAL_SECONDS, id="expire_pending_3ds", **job_defaults,
     )
     sched.add_job(
-        _guarded("reconcile", lambda: jobs.reconcile_pending(
-            c.uow_factory, c.gateways(), settings, s.RECONCILE_AFTER_SECONDS)),
+        _guarded("reconcile", lambda: reconcile(c)),
         "interval", seconds=s.WORKER_RECONCILE_INTERVAL_SECONDS, id="reconcile_pending", **job_defaults,
     )
     sched.add_job(_guarded("purge", lambda: purge(c)), "interval", seconds=3600, id="purge", **job_defaults)
-    # --- refunds and withdrawals ---
     sched.add_job(
         _guarded("refunds", lambda: retry_refunds(c)),
         "interval", seconds=s.WORKER_REFUND_INTERVAL_SECONDS, id="retry_pending_refunds", **job_defaults,
@@ -145,7 +126,6 @@ def build_scheduler(container: Container, scheduler: BackgroundScheduler | None 
         _guarded("payouts", lambda: resolve_payouts(c)),
         "interval", seconds=s.WORKER_PAYOUT_INTERVAL_SECONDS, id="resolve_payouts", **job_defaults,
     )
-    # --- end refunds and withdrawals ---
     return sched
 
 

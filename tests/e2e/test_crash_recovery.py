@@ -27,8 +27,12 @@ def test_api_killed_mid_charge_then_reconciled(api_env, e2e_sandbox, tmp_path: P
     requests.post(e2e_sandbox.url + "/_sandbox/faults", json={"mode": "latency", "latency_ms": 2000,
                                                               "path": "/stripe/v1/payment_intents$", "method": "POST",
                                                               "remaining": 1}, timeout=5)
-    # A dead request holds its key until the lock lapses (409 idempotency_key_in_use till then).
-    api_env = {**api_env, "IDEMPOTENCY_LOCK_SECONDS": "3"}
+    # A dead request holds its key, and the payment it was charging, until the lock lapses (409
+    # idempotency_key_in_use till then; the reconciliation sweep skips the payment till then). When a
+    # payment is first due for reconciliation is decided when it is recorded: by the API's settings.
+    # The claim outlasts a whole gateway call (6 x GATEWAY_TIMEOUT_SECONDS): 3 s calls, an 18 s claim.
+    api_env = {**api_env, "IDEMPOTENCY_LOCK_SECONDS": "3", "RECONCILE_AFTER_SECONDS": "1",
+               "GATEWAY_TIMEOUT_SECONDS": "3"}
     api, url = start_api(api_env, tmp_path, workers=1)
 
     def client() -> None:
@@ -52,7 +56,7 @@ def test_api_killed_mid_charge_then_reconciled(api_env, e2e_sandbox, tmp_path: P
     env = {**api_env, "RECONCILE_AFTER_SECONDS": "1", "WORKER_RECONCILE_INTERVAL_SECONDS": "0.5"}
     worker = ServiceProcess([str(VENV_BIN / "payment-service"), "worker"], env, REPO, tmp_path / "worker.log")
     try:
-        wait_for(lambda: _payment_of(engine, user) == (pid, "CAPTURED"), what="reconciliation")
+        wait_for(lambda: _payment_of(engine, user) == (pid, "CAPTURED"), timeout=45, what="reconciliation")
     finally:
         worker.stop()
     assert _events(engine, pid) == ["PAYMENT_CAPTURED"]

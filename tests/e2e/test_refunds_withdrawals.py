@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from datetime import UTC, datetime
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -435,6 +436,10 @@ def test_payout_settled_by_the_polling_job(url, engine, payouts, e2e_sandbox, ap
         initiated_stored(engine, payout_id)
         sandbox_knobs(drop=1)
         admin(e2e_sandbox, payout_id, "settle", utr="UTRPOLLED1")
+        # The API set when to look again from its own PAYOUT_POLL_AFTER_SECONDS (300 s): let that time pass.
+        with engine.begin() as conn:
+            conn.execute(text("UPDATE withdrawal_requests SET next_attempt_at = :t WHERE id = :id"),
+                         {"t": datetime.now(UTC).replace(tzinfo=None), "id": w["id"]})
         wait_for(lambda: withdrawal_row(engine, w["id"]).status == "SETTLED", timeout=30, what="the poll")
         assert withdrawal_row(engine, w["id"]).utr == "UTRPOLLED1"
         assert [t for t, _ in payout_inbox(engine, payout_id)] == ["payout.initiated"]  # no webhook came

@@ -66,7 +66,8 @@ def test_constraints_the_contract_relies_on(fresh_database_url: str) -> None:
     assert ("event_id",) in uniques["outbox_events"]
     indexes = {t: {tuple(i["column_names"]) for i in insp.get_indexes(t)} for t in EXPECTED_TABLES}
     assert ("published_at", "id") in indexes["outbox_events"]  # outbox claim
-    assert ("status", "expires_at") in indexes["payments"]  # PENDING_3DS expiry scan
-    assert ("status", "updated_at") in indexes["payments"]  # stuck-PENDING scan
+    # Every sweep (expiry of PENDING_3DS, reconciliation of PENDING, refunds, payouts) claims by due time.
+    for table in ("payments", "refunds", "withdrawal_requests"):
+        assert ("status", "next_attempt_at") in indexes[table]
     assert ("user_id", "created_at", "id") in indexes["payments"]  # listing, velocity
     engine.dispose()

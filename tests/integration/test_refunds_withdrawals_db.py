@@ -22,7 +22,9 @@ from payment_service.domain.errors import RefundExceedsCaptured
 from payment_service.domain.payments import Payment, Refund
 from payment_service.domain.withdrawals import Withdrawal
 from payment_service.gateways.base import PayoutResult, PayoutStatus, RefundResult, RefundStatus
+from payment_service.domain.lifecycle import WITHDRAWALS
 from payment_service.services import refunds, withdrawals
+from tests.unit.fakes import run_flow
 
 pytestmark = pytest.mark.integration
 
@@ -106,8 +108,8 @@ def test_concurrent_partial_refunds_never_exceed_the_capture(engine, uow_factory
     gw = RefundingGateway()
 
     def one(_: int) -> Refund:
-        cmd = refunds.RefundPayment(payment_id=p.id, refund_id=ids.new_id("re"), amount=700, resumed=False)
-        return refunds.refund_payment(cmd, uow_factory, {"stripe": gw})
+        cmd = refunds.RefundPayment(payment_id=p.id, amount=700)
+        return run_flow(refunds.RefundFlow(cmd, {"stripe": gw}, refunds.RefundSettings()), uow_factory)
 
     results = race(one)
     ok = [r for r in results if isinstance(r, Refund)]
@@ -124,8 +126,8 @@ def test_concurrent_full_refunds_only_one_wins(engine, uow_factory) -> None:
     gw = RefundingGateway()
 
     def one(_: int) -> Refund:
-        cmd = refunds.RefundPayment(payment_id=p.id, refund_id=ids.new_id("re"), resumed=False)
-        return refunds.refund_payment(cmd, uow_factory, {"stripe": gw})
+        cmd = refunds.RefundPayment(payment_id=p.id)
+        return run_flow(refunds.RefundFlow(cmd, {"stripe": gw}, refunds.RefundSettings()), uow_factory)
 
     results = race(one)
     assert len([r for r in results if isinstance(r, Refund)]) == 1
@@ -159,7 +161,13 @@ def test_racing_paths_finish_a_refund_once(engine, uow_factory) -> None:
         uow.refunds.add(r)
         uow.commit()
     result = RefundResult("re_gw_race", RefundStatus.SUCCEEDED, 4000)
-    outcomes = race(lambda _: refunds.apply_refund_result(uow_factory, r.id, result), n=10)
+    def apply(_: int) -> Refund:
+        with uow_factory() as uow:
+            after = refunds.apply_refund_result(uow, r, result, datetime.now(UTC), refunds.RefundSettings())
+            uow.commit()
+        return after
+
+    outcomes = race(apply, n=10)
     assert all(isinstance(o, Refund) and o.status == "SUCCEEDED" for o in outcomes), outcomes
     refunded, sums, events = db_state(engine, p.id)
     assert refunded == 4000 and sums == {"SUCCEEDED": 4000} and len(events) == 1
@@ -181,7 +189,14 @@ def test_racing_payout_answers_walk_the_state_machine_once(engine, uow_factory) 
     w = new_withdrawal(uow_factory)
     answers = [PayoutResult(w.gateway_payout_id, PayoutStatus.SETTLED, utr="UTR1"),
                PayoutResult(w.gateway_payout_id, PayoutStatus.REVERSED, utr="UTR1", failure_reason="returned")]
-    outcomes = race(lambda i: withdrawals.apply_payout_result(uow_factory, w.id, answers[i % 2]))
+    def apply(i: int) -> Withdrawal:
+        with uow_factory() as uow:
+            after = withdrawals.apply_payout_result(uow, w, answers[i % 2], datetime.now(UTC),
+                                                    withdrawals.WithdrawalSettings())
+            uow.commit()
+        return after
+
+    outcomes = race(apply)
     assert all(isinstance(o, Withdrawal) for o in outcomes), outcomes
     with engine.connect() as conn:
         row = conn.execute(select(WithdrawalRequestRow).where(WithdrawalRequestRow.id == w.id)).one()
@@ -193,19 +208,36 @@ def test_racing_payout_answers_walk_the_state_machine_once(engine, uow_factory) 
 
 def test_withdrawal_repository_round_trip(uow_factory) -> None:
     w = new_withdrawal(uow_factory, status="REQUESTED", gateway_payout_id=None)
-    cutoff = datetime.now(UTC) - timedelta(hours=1)
     with uow_factory() as uow:
         assert uow.withdrawals.get(w.id) == w
-        assert w.id in [x.id for x in uow.withdrawals.stuck("REQUESTED", cutoff, 1000)]
-        # A guarded touch: only if still REQUESTED and untouched since the cutoff.
-        now = datetime.now(UTC)
-        assert uow.withdrawals.transition(w.id, "REQUESTED", ["REQUESTED"], updated_before=cutoff, updated_at=now)
-        assert not uow.withdrawals.transition(w.id, "REQUESTED", ["REQUESTED"], updated_before=cutoff, updated_at=now)
-        uow.withdrawals.update(w.id, gateway_payout_id="pout_rt_" + w.id[-8:])
-        assert uow.withdrawals.transition(w.id, "PROCESSING", ["REQUESTED"], updated_at=now)
-        assert not uow.withdrawals.transition(w.id, "PROCESSING", ["REQUESTED"], updated_at=now)
+        uow.records.update("withdrawal", w.id, gateway_payout_id="pout_rt_" + w.id[-8:])
+        move = WITHDRAWALS.move(w, "PROCESSING", datetime.now(UTC))
+        assert uow.records.move(move)
+        assert not uow.records.move(move)  # the guard: no longer REQUESTED
         uow.commit()
     with uow_factory() as uow:
         got = uow.withdrawals.find_by_gateway_id("pout_rt_" + w.id[-8:])
         assert got is not None and got.id == w.id and got.status == "PROCESSING"
-        assert w.id not in [x.id for x in uow.withdrawals.stuck("REQUESTED", cutoff, 1000)]
+
+
+def test_replicas_sweeping_at_once_never_share_a_record(engine, uow_factory) -> None:
+    """Two workers claim due records at the same instant (SKIP LOCKED): each record goes to one."""
+    due = datetime.now(UTC) - timedelta(minutes=5)
+    mine = {new_withdrawal(uow_factory, status="REQUESTED", gateway_payout_id=None, next_attempt_at=due).id
+            for _ in range(40)}
+
+    def claim(_: int) -> list[str]:
+        t = datetime.now(UTC)
+        with uow_factory() as uow:
+            got = uow.records.claim_due("withdrawal", {"REQUESTED"}, t, t + timedelta(minutes=5), 25)
+            uow.commit()
+        return [w.id for w in got if w.id in mine]
+
+    a, b = race(claim, n=2)
+    assert not set(a) & set(b), "a record was claimed by both replicas"
+    assert set(a) | set(b) == mine or len(a) + len(b) == 50
+    # Claimed records are skipped by the next sweep until their lease lapses.
+    t = datetime.now(UTC)
+    with uow_factory() as uow:
+        again = [w.id for w in uow.records.claim_due("withdrawal", {"REQUESTED"}, t, t, 1000) if w.id in mine]
+    assert again == [] if len(a) + len(b) == len(mine) else True

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
-from collections.abc import Sequence
+import types
+from collections.abc import Collection
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from payment_service.domain.events import Event
+from payment_service.domain.lifecycle import Move
 from payment_service.domain.payments import (
     IdempotencyRecord,
     InboxEvent,
@@ -49,6 +52,7 @@ class _Store:
         self.outbox: list[Event] = []
         self.inbox: dict[int, InboxEvent] = {}
         self.ids = itertools.count(1)
+        self.commits = 0  # every FakeUnitOfWork.commit() of this store: one database transaction each
         # --- withdrawals ---
         self.withdrawals: dict[str, Withdrawal] = {}
         # --- end withdrawals ---
@@ -65,17 +69,6 @@ class FakePayments(abstract.PaymentRepository):
     def get(self, payment_id: str, *, for_update: bool = False) -> Payment | None:
         p = self.db.get(payment_id)
         return copy.deepcopy(p) if p else None
-
-    def transition(self, payment_id: str, new_status: str, allowed_from: Sequence[str], **changes: Any) -> bool:
-        p = self.db.get(payment_id)
-        if p is None or p.status not in allowed_from:
-            return False
-        self.db[payment_id] = Payment(**{**vars(p), **changes, "status": new_status})
-        return True
-
-    def update(self, payment_id: str, **changes: Any) -> None:
-        p = self.db[payment_id]
-        self.db[payment_id] = Payment(**{**vars(p), **changes})
 
     def list_for_user(self, user_id, status, limit, cursor: PageCursor | None) -> Page:
         rows = sorted(
@@ -100,15 +93,6 @@ class FakePayments(abstract.PaymentRepository):
         return next((p for p in self.db.values() if p.gateway == gateway
                      and p.gateway_payment_id == gateway_payment_id), None)
 
-    def expired_3ds(self, now: datetime, limit: int) -> list[Payment]:
-        return [copy.deepcopy(p) for p in self.db.values()
-                if p.status == "PENDING_3DS" and p.expires_at and p.expires_at < now][:limit]
-
-    def stuck_pending(self, updated_before: datetime, limit: int) -> list[Payment]:
-        return [copy.deepcopy(p) for p in self.db.values()
-                if p.status == "PENDING" and p.updated_at < updated_before][:limit]
-
-    # --- refunds ---
     def reserve_refund(self, payment_id: str, amount: int, at: datetime) -> bool:
         p = self.db.get(payment_id)
         if p is None or p.status != "CAPTURED" or p.refunded_amount + amount > p.amount:
@@ -121,8 +105,6 @@ class FakePayments(abstract.PaymentRepository):
         if p.refunded_amount >= amount:
             self.db[payment_id] = Payment(**{**vars(p), "refunded_amount": p.refunded_amount - amount,
                                              "updated_at": at})
-
-    # --- end refunds ---
 
 
 class FakeGatewayEvents(abstract.GatewayEventRepository):
@@ -199,34 +181,14 @@ class FakeRefunds(abstract.RefundRepository):
         self.db[refund.id] = refund
 
     def get(self, refund_id: str) -> Refund | None:
-        return self.db.get(refund_id)
-
-    # --- refunds ---
-    def transition(self, refund_id: str, new_status: str, allowed_from: Sequence[str], **changes: Any) -> bool:
         r = self.db.get(refund_id)
-        if r is None or r.status not in allowed_from:
-            return False
-        self.db[refund_id] = Refund(**{**vars(r), **changes, "status": new_status})
-        return True
-
-    def update(self, refund_id: str, **changes: Any) -> None:
-        self.db[refund_id] = Refund(**{**vars(self.db[refund_id]), **changes})
+        return copy.deepcopy(r) if r else None
 
     def find_by_gateway_id(self, gateway_refund_id: str) -> Refund | None:
         return next((r for r in self.db.values() if r.gateway_refund_id == gateway_refund_id), None)
 
     def list_for_payment(self, payment_id: str) -> list[Refund]:
         return sorted((r for r in self.db.values() if r.payment_id == payment_id), key=lambda r: (r.created_at, r.id))
-
-    def stuck_pending(self, updated_before: datetime, limit: int) -> list[Refund]:
-        return [copy.deepcopy(r) for r in self.db.values()
-                if r.status == "PENDING" and r.updated_at < updated_before][:limit]
-
-    # --- end refunds ---
-
-
-# --- withdrawals ---------------------------------------------------------------------------
-
 
 class FakeWithdrawals(abstract.WithdrawalRepository):
     def __init__(self, db: dict[str, Withdrawal]) -> None:
@@ -240,34 +202,62 @@ class FakeWithdrawals(abstract.WithdrawalRepository):
         w = self.db.get(withdrawal_id)
         return copy.deepcopy(w) if w else None
 
-    def transition(self, withdrawal_id: str, new_status: str, allowed_from: Sequence[str], *,
-                   updated_before: datetime | None = None, **changes: Any) -> bool:
-        w = self.db.get(withdrawal_id)
-        if w is None or w.status not in allowed_from:
-            return False
-        if updated_before is not None and not w.updated_at < updated_before:
-            return False
-        self.db[withdrawal_id] = Withdrawal(**{**vars(w), **changes, "status": new_status})
-        return True
-
-    def update(self, withdrawal_id: str, **changes: Any) -> None:
-        self.db[withdrawal_id] = Withdrawal(**{**vars(self.db[withdrawal_id]), **changes})
-
     def find_by_gateway_id(self, gateway_payout_id: str) -> Withdrawal | None:
         return copy.deepcopy(next((w for w in self.db.values() if w.gateway_payout_id == gateway_payout_id), None))
 
-    def stuck(self, status: str, updated_before: datetime, limit: int) -> list[Withdrawal]:
-        rows = sorted((w for w in self.db.values() if w.status == status and w.updated_at < updated_before),
-                      key=lambda w: w.updated_at)
-        return [copy.deepcopy(w) for w in rows[:limit]]
+class FakeRecords(abstract.RecordRepository):
+    """The one primitive, over the unit of work's private copies of the three tables."""
 
+    def __init__(self, tables: dict[str, dict[str, Any]], outbox: FakeOutbox) -> None:
+        self.tables = tables
+        self.outbox = outbox
 
-# --- end withdrawals -----------------------------------------------------------------------
+    def get(self, kind: str, record_id: str, *, for_update: bool = False) -> Any | None:
+        r = self.tables[kind].get(record_id)
+        return copy.deepcopy(r) if r else None
+
+    def move(self, move: Move[Any]) -> bool:
+        table = self.tables[move.kind]
+        r = table.get(move.record_id)
+        if r is None or r.status not in move.allowed_from:
+            return False
+        table[move.record_id] = dataclasses.replace(r, status=move.target, **move.changes)
+        if move.event is not None:
+            self.outbox.add(move.event)
+        return True
+
+    def update(self, kind: str, record_id: str, **changes: Any) -> None:
+        table = self.tables[kind]
+        table[record_id] = dataclasses.replace(table[record_id], **changes)
+
+    def claim(self, kind: str, record_id: str, statuses: Collection[str], now: datetime, until: datetime) -> bool:
+        r = self.tables[kind].get(record_id)
+        if r is None or r.status not in statuses or (r.claimed_until is not None and r.claimed_until >= now):
+            return False
+        self.update(kind, record_id, claimed_until=until)
+        return True
+
+    def claim_due(self, kind: str, statuses: Collection[str], now: datetime, until: datetime, limit: int) -> list[Any]:
+        due = sorted(
+            (r for r in self.tables[kind].values()
+             if r.status in statuses and r.next_attempt_at is not None and r.next_attempt_at <= now
+             and (r.claimed_until is None or r.claimed_until < now)),
+            key=lambda r: r.next_attempt_at,
+        )[:limit]
+        for r in due:
+            self.update(kind, r.id, claimed_until=until)
+        return [copy.deepcopy(self.tables[kind][r.id]) for r in due]
+
+    def release(self, kind: str, record_id: str, *, next_attempt_at: datetime, error: str | None = None,
+                count_attempt: bool = True) -> None:
+        r = self.tables[kind][record_id]
+        self.update(kind, record_id, claimed_until=None, next_attempt_at=next_attempt_at, last_error=error,
+                    attempts=r.attempts + (1 if count_attempt else 0))
 
 
 class FakeIdempotency(abstract.IdempotencyRepository):
-    def __init__(self, store: _Store) -> None:
-        self.store = store
+    def __init__(self, store: Any) -> None:
+        self.store = store  # anything with .idem and .ids: the unit of work's private copy
 
     def insert(self, record: IdempotencyRecord) -> bool:
         k = (record.caller, record.key)
@@ -294,6 +284,7 @@ class FakeIdempotency(abstract.IdempotencyRepository):
     def complete(self, record_id: int, status: int, body: str, resource_id: str | None) -> None:
         r = self._by_id(record_id)
         r.status, r.response_status, r.response_body, r.locked_until = "COMPLETED", status, body, None
+        r.recovery_point = "FINISHED"
 
     def release(self, record_id: int) -> None:
         self._by_id(record_id).locked_until = None
@@ -328,13 +319,16 @@ class FakeUnitOfWork(abstract.AbstractUnitOfWork):
         self.payment_methods = FakeMethods(self._work["methods"])
         self.customers = FakeCustomers(self._work["customers"])
         self.refunds = FakeRefunds(self._work["refunds"])
-        self.idempotency = FakeIdempotency(self.store)  # keys commit at once; the services commit right away
+        self._idem = copy.deepcopy(self.store.idem)
+        self.idempotency = FakeIdempotency(types.SimpleNamespace(idem=self._idem, ids=self.store.ids))
         self.outbox = FakeOutbox(self._outbox)
-        self.gateway_events = FakeGatewayEvents(self.store)  # like idempotency keys: immediate
-        # --- withdrawals ---
+        self.gateway_events = FakeGatewayEvents(self.store)  # immediate: the inbox's own transactions are short
         self._withdrawals = copy.deepcopy(self.store.withdrawals)
         self.withdrawals = FakeWithdrawals(self._withdrawals)
-        # --- end withdrawals ---
+        self.records = FakeRecords(
+            {"payment": self._work["payments"], "refund": self._work["refunds"], "withdrawal": self._withdrawals},
+            self.outbox,
+        )
         return self
 
     def commit(self) -> None:
@@ -346,13 +340,14 @@ class FakeUnitOfWork(abstract.AbstractUnitOfWork):
         self.store.customers.update(self._work["customers"])
         self.store.refunds.clear()
         self.store.refunds.update(self._work["refunds"])
-        # --- withdrawals ---
         self.store.withdrawals.clear()
         self.store.withdrawals.update(self._withdrawals)
-        # --- end withdrawals ---
+        self.store.idem.clear()
+        self.store.idem.update(self._idem)
         self.store.outbox.extend(self._outbox)
         self._outbox.clear()
         self.committed = True
+        self.store.commits += 1
 
     def rollback(self) -> None:
         self._outbox.clear()
@@ -583,3 +578,22 @@ class FakeMoneyOutGateway(FakeGateway):
 
 
 # --- end refunds and withdrawals -----------------------------------------------------------
+
+
+def run_flow(flow: Any, uow_factory: Any, key: str | None = None, caller: str = "user:u_1",
+             now: Any = None, fingerprint: str = "fp", lock_seconds: float = 60) -> Any:
+    """Drive a keyed request (TopUpFlow, RefundFlow, WithdrawalFlow) as the API does, with the
+    given Idempotency-Key (a new one if None); returns the record as stored afterwards."""
+    import json
+    import uuid
+
+    from payment_service.domain.events import utcnow
+    from payment_service.services import idempotency
+
+    req = idempotency.KeyedRequest(caller, key or uuid.uuid4().hex, "POST", "/test", fingerprint, 86400,
+                                   lock_seconds)
+    reply = idempotency.execute(flow, req, uow_factory, lambda r: ({"id": r.id, "status": r.status}, 200),
+                                now or utcnow)
+    record_id = json.loads(reply.body)["id"]
+    with uow_factory() as uow:
+        return uow.records.get(flow.kind, record_id)

@@ -1,11 +1,15 @@
 """The app's edges without a database server: problem+json everywhere, request ids, OpenAPI coverage."""
 
+import io
+import json
+import logging
 import re
 
 import pytest
 
 from payment_service.api import create_app
 from payment_service.api.openapi import spec
+from payment_service.observability import configure_logging
 
 
 @pytest.fixture
@@ -76,6 +80,36 @@ def test_request_id_generated_or_echoed(client) -> None:
     assert client.get("/healthz", headers={"X-Request-Id": "abc-123"}).headers["X-Request-Id"] == "abc-123"
     bad = client.get("/healthz", headers={"X-Request-Id": "<script>"}).headers["X-Request-Id"]
     assert bad.startswith("req_")
+
+
+PAN = "4242424242424242"  # Stripe's public test number
+
+
+@pytest.mark.parametrize(
+    "incoming", [PAN, "4242-4242-4242-4242", "4242.4242.4242.4242", "req:4242424242424242", "4242424242424242_x"]
+)
+def test_request_id_that_looks_like_a_card_number_is_replaced(client, incoming: str) -> None:
+    rid = client.get("/healthz", headers={"X-Request-Id": incoming}).headers["X-Request-Id"]
+    assert re.match(r"^req_[0-9a-f]{24}$", rid)
+
+
+def test_no_card_number_in_log_lines_from_request_id_path_or_query(app) -> None:
+    stream = io.StringIO()
+    handler = configure_logging("INFO", "json", stream=stream)
+    try:
+        client = app.test_client()
+        client.get(f"/healthz?card={PAN}", headers={"X-Request-Id": PAN, "User-Agent": PAN})
+        client.get(f"/payments/{PAN}", headers={"X-Request-Id": f"id-{PAN}"})
+        client.get(f"/no/such/{PAN}/route?q={PAN}")
+        client.get("/_test/crash", headers={"X-Request-Id": "4242 4242 4242 4242"})
+    finally:
+        logging.getLogger().removeHandler(handler)
+    text = stream.getvalue()
+    assert PAN not in text and "4242 4242 4242 4242" not in text
+    records = [json.loads(line) for line in text.splitlines()]
+    requests = [r for r in records if r["message"] == "request"]
+    assert len(requests) == 4 and all(r["request_id"].startswith("req_") for r in requests)
+    assert requests[1]["path"] == "/payments/[card ****4242]"
 
 
 def test_readyz_names_the_failing_part(client) -> None:

@@ -1,13 +1,14 @@
-"""Refunds and withdrawals against fakes: the services, the webhook handlers and the worker's jobs."""
+"""Refunds and withdrawals against fakes: the keyed requests (RefundFlow, WithdrawalFlow), the webhook
+handlers and the worker's sweeps (retry_pending_refunds, resolve_withdrawals)."""
 
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 
 import pytest
 
 from payment_service.adapters.outbox import serialize_event
-from payment_service.domain import ids
 from payment_service.domain.errors import (
     GatewayUnavailable,
     NotFound,
@@ -26,15 +27,16 @@ from payment_service.gateways.base import (
 )
 from payment_service.services import payments as svc
 from payment_service.services import refunds, webhooks, withdrawals
+from payment_service.services.lifecycle import SweepReport
 from payment_service.services.risk import RiskRules
 
-from .fakes import Clock, FakeMoneyOutGateway, fake_uow_factory
+from .fakes import Clock, FakeMoneyOutGateway, fake_uow_factory, run_flow
 
 SETTINGS = svc.PaymentSettings(RiskRules(), 900)
+R_SETTINGS = refunds.RefundSettings(retry_after_seconds=60)
 ACCOUNT = "000123456789012"  # 15 digits, a made-up account number
 W_SETTINGS = withdrawals.WithdrawalSettings(poll_after_seconds=300, retry_after_seconds=60, give_up_after_seconds=3600)
-
-
+APPLY = webhooks.ApplySettings(SETTINGS, R_SETTINGS, W_SETTINGS)
 
 
 @pytest.fixture
@@ -50,16 +52,26 @@ def gateways(gw) -> dict:
 
 def captured_payment(env, amount: int = 10_000, token: str = "pm_card_visa") -> svc.Payment:
     uow_factory, _, gw, clock = env
-    cmd = svc.TopUp(user_id="u_1", amount=amount, currency="INR", payment_id=ids.new_id("pay"), gateway="stripe",
-                    token=token)
-    return svc.top_up(cmd, uow_factory, {"stripe": gw}, SETTINGS, now=clock)
+    cmd = svc.TopUp(user_id="u_1", amount=amount, currency="INR", gateway="stripe", token=token)
+    return run_flow(svc.TopUpFlow(cmd, {"stripe": gw}, SETTINGS, now=clock), uow_factory, now=clock)
 
 
-def refund(env, payment_id: str, amount: int | None = None, refund_id: str | None = None, resumed: bool = True):
+def refund(env, payment_id: str, amount: int | None = None, key: str | None = None):
+    """POST /payments/{id}/refunds with Idempotency-Key `key` (a new one if None); the refund as stored."""
     uow_factory, _, gw, clock = env
-    cmd = refunds.RefundPayment(payment_id=payment_id, refund_id=refund_id or ids.new_id("re"), amount=amount,
-                                reason="customer request", resumed=resumed)
-    return refunds.refund_payment(cmd, uow_factory, gateways(gw), now=clock)
+    cmd = refunds.RefundPayment(payment_id=payment_id, amount=amount, reason="customer request")
+    flow = refunds.RefundFlow(cmd, gateways(gw), R_SETTINGS, now=clock)
+    return run_flow(flow, uow_factory, key=key, caller="client:wallet", now=clock)
+
+
+def retry_refunds(env) -> SweepReport:
+    uow_factory, _, gw, clock = env
+    return refunds.retry_pending_refunds(uow_factory, gateways(gw), R_SETTINGS, now=clock)
+
+
+def resolve(env) -> SweepReport:
+    uow_factory, _, gw, clock = env
+    return withdrawals.resolve_withdrawals(uow_factory, gateways(gw), W_SETTINGS, now=clock)
 
 
 def events(store, type_: EventType) -> list:
@@ -75,11 +87,24 @@ def deliver(env, event_id: str, event_type: str, payload: dict, reference: str |
 
 def apply(env) -> int:
     uow_factory, _, gw, clock = env
-    return webhooks.apply_due_events(uow_factory, gateways(gw), SETTINGS, now=clock)
+    return webhooks.apply_due_events(uow_factory, gateways(gw), APPLY, now=clock)
 
 
 def inbox_statuses(store) -> list[str]:
     return [e.status for e in sorted(store.inbox.values(), key=lambda e: e.id)]
+
+
+def during(gw, method: str, action) -> list:
+    """Run `action()` while the gateway's `method` is in flight (before it answers); its results, in order."""
+    seen: list = []
+    original = getattr(gw, method)
+
+    def wrapped(*args, **kwargs):
+        seen.append(action())
+        return original(*args, **kwargs)
+
+    setattr(gw, method, wrapped)
+    return seen
 
 
 # --- refunds ----------------------------------------------------------------------------------
@@ -90,6 +115,7 @@ def test_partial_then_default_refund_leaves_nothing_and_one_event_each(env) -> N
     p = captured_payment(env)
     first = refund(env, p.id, 3000)
     assert first.status == "SUCCEEDED" and first.amount == 3000 and first.gateway_refund_id == "re_g1"
+    assert first.claimed_until is None
     assert store.payments[p.id].refunded_amount == 3000
     rest = refund(env, p.id)  # no amount: what is left
     assert rest.status == "SUCCEEDED" and rest.amount == 7000
@@ -103,13 +129,22 @@ def test_partial_then_default_refund_leaves_nothing_and_one_event_each(env) -> N
     serialize_event(e)  # the outbox writer accepts it
 
 
+def test_a_refund_is_two_transactions(env) -> None:
+    _, store, _, _ = env
+    p = captured_payment(env)
+    commits = store.commits
+    assert refund(env, p.id, 1000).status == "SUCCEEDED" and store.commits == commits + 2
+
+
 def test_over_refund_is_refused_and_changes_nothing(env) -> None:
     _, store, gw, _ = env
     p = captured_payment(env)
     refund(env, p.id, 6000)
+    keys = len(store.idem)
     with pytest.raises(RefundExceedsCaptured) as exc:
         refund(env, p.id, 4001)
     assert exc.value.errors[0]["field"] == "amount" and "4000" in exc.value.detail
+    assert len(store.idem) == keys  # refused in phase 1: not even the key is kept
     refund(env, p.id)  # the 4000 left
     with pytest.raises(RefundExceedsCaptured):
         refund(env, p.id)  # nothing left: even the default is refused
@@ -122,49 +157,54 @@ def test_only_captured_payments_are_refundable(env, token) -> None:
     _, store, gw, _ = env
     p = captured_payment(env, token=token)
     assert p.status in ("PENDING_3DS", "FAILED")
+    keys = len(store.idem)
     with pytest.raises(PaymentNotRefundable):
         refund(env, p.id)
-    assert store.refunds == {} and gw.refund_calls == []
+    assert store.refunds == {} and gw.refund_calls == [] and len(store.idem) == keys
 
 
 def test_unknown_payment_is_not_found(env) -> None:
+    _, store, _, _ = env
     with pytest.raises(NotFound):
         refund(env, "pay_nobody", 100)
+    assert store.idem == {} and store.refunds == {}
 
 
 def test_gateway_down_leaves_pending_then_the_same_request_resumes_it(env) -> None:
-    _, store, gw, _ = env
+    _, store, gw, clock = env
     p = captured_payment(env)
-    refund_id = ids.new_id("re")
     gw.unavailable = True
-    with pytest.raises(GatewayUnavailable):
-        refund(env, p.id, 2500, refund_id=refund_id, resumed=False)
-    assert store.refunds[refund_id].status == "PENDING"
+    with pytest.raises(GatewayUnavailable, match="is pending"):
+        refund(env, p.id, 2500, key="rk")
+    (pending,) = store.refunds.values()
+    assert pending.status == "PENDING" and pending.claimed_until is None and pending.attempts == 1
+    assert pending.next_attempt_at == clock.t + timedelta(seconds=60)
     assert store.payments[p.id].refunded_amount == 2500  # reserved: a concurrent refund cannot take it
     with pytest.raises(RefundExceedsCaptured):
         refund(env, p.id, 7501)
     gw.unavailable = False
-    again = refund(env, p.id, 2500, refund_id=refund_id)  # the client's retry with the same Idempotency-Key
-    assert again.id == refund_id and again.status == "SUCCEEDED"
-    assert {c[3] for c in gw.refund_calls} == {f"{refund_id}:refund"}
+    again = refund(env, p.id, 2500, key="rk")  # the client's retry with the same Idempotency-Key
+    assert again.id == pending.id and again.status == "SUCCEEDED"
+    assert {c[3] for c in gw.refund_calls} == {f"{pending.id}:refund"}
     assert len(events(store, EventType.PAYMENT_REFUNDED)) == 1
-    assert refund(env, p.id, 2500, refund_id=refund_id).status == "SUCCEEDED"  # resumed again: no new call
-    assert len([c for c in gw.refund_calls if c[2] == refund_id]) == 2  # one timed out, one worked
+    assert refund(env, p.id, 2500, key="rk").status == "SUCCEEDED"  # replayed: no new call
+    assert len([c for c in gw.refund_calls if c[2] == pending.id]) == 2  # one timed out, one worked
+    assert store.payments[p.id].refunded_amount == 2500
 
 
 def test_lost_response_is_finished_by_the_worker_with_the_same_key(env) -> None:
-    uow_factory, store, gw, clock = env
+    _, store, gw, clock = env
     p = captured_payment(env)
     gw.refund_lost_response = True
     with pytest.raises(GatewayUnavailable):
-        r = refund(env, p.id, 1000)
+        refund(env, p.id, 1000)
     (r,) = store.refunds.values()
     gw.refund_lost_response = False
-    assert refunds.retry_pending_refunds(uow_factory, gateways(gw), 60, now=clock) == 0  # too fresh
+    assert retry_refunds(env) == SweepReport()  # too fresh
     clock.advance(seconds=61)
-    assert refunds.retry_pending_refunds(uow_factory, gateways(gw), 60, now=clock) == 1
+    assert retry_refunds(env) == SweepReport(claimed=1, finished=1)
     assert store.refunds[r.id].status == "SUCCEEDED" and store.refunds[r.id].gateway_refund_id == "re_g1"
-    assert len(gw.refunds) == 1  # the gateway refunded once
+    assert len(gw.refunds) == 1 and {c[3] for c in gw.refund_calls} == {f"{r.id}:refund"}  # refunded once
     # The gateway's webhook for the same refund arrives afterwards: nothing more happens.
     deliver(env, "evt_r1", "refund.updated", {"refund": {"id": "re_g1", "status": "succeeded", "amount": 1000}},
             r.id, "re_g1")
@@ -173,12 +213,27 @@ def test_lost_response_is_finished_by_the_worker_with_the_same_key(env) -> None:
     assert len(events(store, EventType.PAYMENT_REFUNDED)) == 1
 
 
+def test_two_workers_never_send_the_same_refund_together(env) -> None:
+    _, store, gw, clock = env
+    p = captured_payment(env)
+    gw.refund_lost_response = True
+    with pytest.raises(GatewayUnavailable):
+        refund(env, p.id, 1000)
+    gw.refund_lost_response = False
+    clock.advance(seconds=61)
+    other_worker = during(gw, "refund", lambda: retry_refunds(env))
+    assert retry_refunds(env).finished == 1
+    assert other_worker == [SweepReport()]  # the batch was claimed: the second worker found nothing to do
+    assert len(gw.refund_calls) == 2 and len(gw.refunds) == 1
+    assert len(events(store, EventType.PAYMENT_REFUNDED)) == 1
+
+
 def test_pending_refund_is_completed_by_webhook_once(env) -> None:
     _, store, gw, _ = env
     p = captured_payment(env)
     gw.refund_status = RefundStatus.PENDING
     r = refund(env, p.id, 4000)
-    assert r.status == "PENDING" and r.gateway_refund_id == "re_g1"
+    assert r.status == "PENDING" and r.gateway_refund_id == "re_g1" and r.claimed_until is None
     assert events(store, EventType.PAYMENT_REFUNDED) == []
     body = {"refund": {"id": "re_g1", "status": "succeeded", "amount": 4000}}
     for _ in range(3):
@@ -207,20 +262,26 @@ def test_pending_refund_failed_by_webhook_releases_the_amount(env) -> None:
     deliver(env, "evt_s", "refund.processed", {"refund": {"id": "re_g1", "status": "succeeded"}}, r.id, "re_g1")
     apply(env)
     assert store.refunds[r.id].status == "FAILED" and events(store, EventType.PAYMENT_REFUNDED) == []
+    assert store.payments[p.id].refunded_amount == 0
 
 
 def test_pending_refund_is_polled_by_the_worker(env) -> None:
-    uow_factory, store, gw, clock = env
+    _, store, gw, clock = env
     p = captured_payment(env)
     gw.refund_status = RefundStatus.PENDING
     r = refund(env, p.id, 500)
+    assert r.next_attempt_at == clock.t + timedelta(seconds=60)
     clock.advance(seconds=120)
-    assert refunds.retry_pending_refunds(uow_factory, gateways(gw), 60, now=clock) == 0  # still pending there
-    assert store.refunds[r.id].updated_at == clock.t  # touched: asked again only after another minute
+    assert retry_refunds(env) == SweepReport(claimed=1)  # still pending there
+    polled = store.refunds[r.id]
+    assert polled.status == "PENDING" and polled.claimed_until is None and polled.attempts == 0
+    assert polled.next_attempt_at == clock.t + timedelta(seconds=60)  # asked again only after another minute
+    assert retry_refunds(env) == SweepReport()
     gw.refund_state["re_g1"] = RefundResult("re_g1", RefundStatus.SUCCEEDED, 500)
     clock.advance(seconds=61)
-    assert refunds.retry_pending_refunds(uow_factory, gateways(gw), 60, now=clock) == 1
+    assert retry_refunds(env).finished == 1
     assert store.refunds[r.id].status == "SUCCEEDED" and len(events(store, EventType.PAYMENT_REFUNDED)) == 1
+    assert len(gw.refund_calls) == 1  # asked about, never sent again
 
 
 def test_refused_refund_fails_and_releases_the_amount(env) -> None:
@@ -280,27 +341,29 @@ UPI = {"name": "A Kumar", "vpa": "a.kumar@okhdfc"}
 )
 def test_withdrawal_validation(env, mode, beneficiary, amount, currency, fields) -> None:
     uow_factory, store, gw, clock = env
-    cmd = withdrawals.RequestWithdrawal(ids.new_id("wd"), "u_1", amount, currency, mode, Beneficiary(**beneficiary))
+    cmd = withdrawals.RequestWithdrawal("u_1", amount, currency, mode, Beneficiary(**beneficiary))
     if not fields:
-        assert withdrawals.request_withdrawal(cmd, uow_factory, gateways(gw), now=clock).status == "PROCESSING"
+        flow = withdrawals.WithdrawalFlow(cmd, gateways(gw), W_SETTINGS, now=clock)
+        assert run_flow(flow, uow_factory, now=clock).status == "PROCESSING"
         return
     with pytest.raises(ValidationFailed) as exc:
-        withdrawals.request_withdrawal(cmd, uow_factory, gateways(gw), now=clock)
+        withdrawals.WithdrawalFlow(cmd, gateways(gw), W_SETTINGS, now=clock)
     assert [e["field"] for e in exc.value.errors] == fields
     assert ACCOUNT not in json.dumps(exc.value.errors) + exc.value.detail
-    assert store.withdrawals == {} and gw.payout_calls == []
+    assert store.withdrawals == {} and store.idem == {} and gw.payout_calls == []
 
 
 # --- withdrawals: flow and state machine ---------------------------------------------------------
 
 
 def withdraw(env, mode: str = "IMPS", beneficiary: dict | None = None, amount: int = 100_000,
-             withdrawal_id: str | None = None, resumed: bool = True):
+             key: str | None = None):
+    """POST /withdrawals with Idempotency-Key `key` (a new one if None); the withdrawal as stored."""
     uow_factory, _, gw, clock = env
     b = Beneficiary(**(beneficiary or (UPI if mode == "UPI" else BANK)))
-    cmd = withdrawals.RequestWithdrawal(withdrawal_id or ids.new_id("wd"), "u_1", amount, "INR", mode, b,
-                                        resumed=resumed)
-    return withdrawals.request_withdrawal(cmd, uow_factory, gateways(gw), now=clock)
+    cmd = withdrawals.RequestWithdrawal("u_1", amount, "INR", mode, b)
+    flow = withdrawals.WithdrawalFlow(cmd, gateways(gw), W_SETTINGS, now=clock)
+    return run_flow(flow, uow_factory, key=key, now=clock)
 
 
 def payout_event(env, event_id: str, w, status: str, **extra) -> None:
@@ -316,15 +379,17 @@ def assert_no_account_number(store) -> None:
     text = json.dumps([vars(w) for w in store.withdrawals.values()], default=str)
     text += json.dumps([e.to_cloudevent() for e in store.outbox], default=str)
     text += json.dumps([vars(e) for e in store.inbox.values()], default=str)
+    text += json.dumps([vars(k) for k in store.idem.values()], default=str)
     assert ACCOUNT not in text
 
 
 def test_bank_withdrawal_stores_only_the_last_four_digits(env) -> None:
-    _, store, gw, _ = env
+    _, store, gw, clock = env
     w = withdraw(env)
     assert w.status == "PROCESSING" and w.gateway_payout_id == "pout_1" and w.fund_account_ref == "fa_pout_1"
     assert w.account_last4 == "9012" and w.ifsc == "HDFC0000123" and w.vpa is None
     assert w.beneficiary_summary() == {"name": "A Kumar", "account_last4": "9012"}
+    assert w.claimed_until is None and w.next_attempt_at == clock.t + timedelta(seconds=300)  # the poll's turn
     (call,) = gw.payout_calls
     # The full number went to the adapter, in memory, and nowhere else.
     assert call.beneficiary.account_number == ACCOUNT and ACCOUNT not in repr(call)
@@ -336,6 +401,15 @@ def test_upi_withdrawal_keeps_the_vpa(env) -> None:
     w = withdraw(env, "UPI")
     assert w.vpa == "a.kumar@okhdfc" and w.account_last4 is None and w.ifsc is None
     assert w.beneficiary_summary() == {"name": "A Kumar", "vpa": "a.kumar@okhdfc"}
+
+
+def test_a_withdrawal_settled_at_once_is_two_transactions(env) -> None:
+    _, store, gw, _ = env
+    gw.payout_status = PayoutStatus.SETTLED
+    w = withdraw(env)
+    # The answer skipped PROCESSING: the walk goes through it, and only settling emits an event.
+    assert w.status == "SETTLED" and w.utr == "UTRpout_1" and store.commits == 2
+    assert wd_events(store) == ["WITHDRAWAL_SETTLED"]
 
 
 def test_settled_then_reversed_by_webhooks_duplicates_harmless(env) -> None:
@@ -371,7 +445,7 @@ def test_reversed_before_processed_settles_then_reverses_once(env) -> None:
     payout_event(env, "evt_p", w, "processed", utr="UTR9")
     apply(env)
     got = store.withdrawals[w.id]
-    assert got.status == "REVERSED" and got.utr == "UTR9"
+    assert got.status == "REVERSED" and got.utr == "UTR9" and got.failure_reason == "returned"
     assert inbox_statuses(store) == ["APPLIED", "IGNORED"]
     assert wd_events(store) == ["WITHDRAWAL_SETTLED", "WITHDRAWAL_REVERSED"]
 
@@ -390,7 +464,7 @@ def test_failed_payout_fails_the_withdrawal_once(env, status) -> None:
 
 
 def test_processed_webhook_before_the_creation_answer_was_applied(env) -> None:
-    uow_factory, store, gw, clock = env
+    _, store, gw, _ = env
     gw.payout_lost_response = True
     with pytest.raises(GatewayUnavailable):
         withdraw(env)
@@ -416,89 +490,102 @@ def test_refused_payout_fails_at_once_with_a_masked_reason(env) -> None:
 
 
 def test_gateway_down_then_the_same_request_resumes_with_the_same_key(env) -> None:
-    _, store, gw, _ = env
-    wid = ids.new_id("wd")
+    _, store, gw, clock = env
     gw.payout_unavailable = True
-    with pytest.raises(GatewayUnavailable):
-        withdraw(env, withdrawal_id=wid, resumed=False)
-    assert store.withdrawals[wid].status == "REQUESTED"
+    with pytest.raises(GatewayUnavailable, match="is REQUESTED"):
+        withdraw(env, key="wk")
+    (pending,) = store.withdrawals.values()
+    wid = pending.id
+    assert pending.status == "REQUESTED" and pending.claimed_until is None and pending.attempts == 1
+    assert pending.next_attempt_at == clock.t + timedelta(seconds=60)
     gw.payout_unavailable = False
-    w = withdraw(env, withdrawal_id=wid)
+    w = withdraw(env, key="wk")
     assert w.id == wid and w.status == "PROCESSING"
     assert {c.idempotency_key for c in gw.payout_calls} == {f"{wid}:payout"}
-    assert withdraw(env, withdrawal_id=wid).status == "PROCESSING" and len(gw.payout_calls) == 2  # no third call
+    assert withdraw(env, key="wk").status == "PROCESSING" and len(gw.payout_calls) == 2  # replayed: no third call
+    assert_no_account_number(store)
 
 
-def test_poll_job_settles_a_payout_whose_webhook_never_came(env) -> None:
-    uow_factory, store, gw, clock = env
+def test_poll_sweep_settles_a_payout_whose_webhook_never_came(env) -> None:
+    _, store, gw, clock = env
     w = withdraw(env)
     clock.advance(seconds=301)
-    assert withdrawals.poll_processing_payouts(uow_factory, gateways(gw), W_SETTINGS, now=clock) == 0
+    assert resolve(env) == SweepReport(claimed=1)  # still processing at the bank
+    polled = store.withdrawals[w.id]
+    assert polled.claimed_until is None and polled.next_attempt_at == clock.t + timedelta(seconds=300)
     gw.move_payout(w.gateway_payout_id, PayoutStatus.SETTLED, utr="UTRPOLL")
-    assert withdrawals.poll_processing_payouts(uow_factory, gateways(gw), W_SETTINGS, now=clock) == 0  # touched
+    assert resolve(env) == SweepReport()  # asked a moment ago: not due
     clock.advance(seconds=301)
-    assert withdrawals.poll_processing_payouts(uow_factory, gateways(gw), W_SETTINGS, now=clock) == 1
+    assert resolve(env) == SweepReport(claimed=1, finished=1)
     assert store.withdrawals[w.id].status == "SETTLED" and store.withdrawals[w.id].utr == "UTRPOLL"
     payout_event(env, "evt_p", store.withdrawals[w.id], "processed", utr="UTRPOLL")  # the late webhook
     apply(env)
     assert wd_events(store) == ["WITHDRAWAL_SETTLED"]
 
 
-def test_retry_job_finds_a_payout_whose_answer_was_lost(env) -> None:
-    uow_factory, store, gw, clock = env
+def test_sweep_finds_a_payout_whose_answer_was_lost(env) -> None:
+    _, store, gw, clock = env
     gw.payout_lost_response = True
     with pytest.raises(GatewayUnavailable):
         withdraw(env)
     gw.payout_lost_response = False
+    assert resolve(env) == SweepReport()  # too fresh
     clock.advance(seconds=61)
-    assert withdrawals.retry_requested_withdrawals(uow_factory, gateways(gw), W_SETTINGS, now=clock) == 1
+    assert resolve(env) == SweepReport(claimed=1)  # still open (PROCESSING) afterwards
     (w,) = store.withdrawals.values()
     assert w.status == "PROCESSING" and w.gateway_payout_id == "pout_1" and len(gw.payout_calls) == 1
+    assert w.next_attempt_at == clock.t + timedelta(seconds=300) and w.claimed_until is None
 
 
-def test_retry_job_sends_a_upi_payout_again(env) -> None:
-    uow_factory, store, gw, clock = env
+def test_sweep_sends_a_upi_payout_again(env) -> None:
+    _, store, gw, clock = env
     gw.payout_unavailable = True
     with pytest.raises(GatewayUnavailable):
         withdraw(env, "UPI")
     gw.payout_unavailable = False
     clock.advance(seconds=61)
-    assert withdrawals.retry_requested_withdrawals(uow_factory, gateways(gw), W_SETTINGS, now=clock) == 1
+    assert resolve(env) == SweepReport(claimed=1)
     (w,) = store.withdrawals.values()
     assert w.status == "PROCESSING"
     assert gw.payout_calls[-1].beneficiary.vpa == "a.kumar@okhdfc"
     assert gw.payout_calls[-1].idempotency_key == f"{w.id}:payout"
 
 
-def test_retry_job_gives_up_on_a_bank_payout_the_gateway_never_saw(env) -> None:
-    uow_factory, store, gw, clock = env
+def test_sweep_gives_up_on_a_bank_payout_the_gateway_never_saw(env) -> None:
+    _, store, gw, clock = env
     gw.payout_unavailable = True
     with pytest.raises(GatewayUnavailable):
         withdraw(env)
     gw.payout_unavailable = False
     clock.advance(seconds=600)
-    assert withdrawals.retry_requested_withdrawals(uow_factory, gateways(gw), W_SETTINGS, now=clock) == 0
+    assert resolve(env) == SweepReport(claimed=1)
     (w,) = store.withdrawals.values()
     assert w.status == "REQUESTED" and len(gw.payout_calls) == 1  # no account number: nothing to resend
+    assert w.next_attempt_at == clock.t + timedelta(seconds=60) and w.claimed_until is None
     clock.advance(seconds=3600)
-    assert withdrawals.retry_requested_withdrawals(uow_factory, gateways(gw), W_SETTINGS, now=clock) == 1
+    assert resolve(env) == SweepReport(claimed=1, finished=1)
     w = store.withdrawals[w.id]
     assert w.status == "FAILED" and w.failure_reason == withdrawals.NOT_CREATED_REASON
     assert wd_events(store) == ["WITHDRAWAL_FAILED"]
 
 
 def test_give_up_does_not_fail_a_withdrawal_a_client_is_sending_now(env) -> None:
-    uow_factory, store, gw, clock = env
-    wid = ids.new_id("wd")
+    _, store, gw, clock = env
     gw.payout_unavailable = True
     with pytest.raises(GatewayUnavailable):
-        withdraw(env, withdrawal_id=wid)
-    clock.advance(seconds=7200)
+        withdraw(env, key="wk")
+    (wid,) = store.withdrawals
+    clock.advance(seconds=7200)  # past give_up_after_seconds
+    sweeps = during(gw, "create_payout", lambda: resolve(env))
     with pytest.raises(GatewayUnavailable):
-        withdraw(env, withdrawal_id=wid)  # the client's retry touches it, the gateway is still down
+        withdraw(env, key="wk")  # the client's retry: the gateway is still down
+    assert sweeps == [SweepReport()]  # the request held the withdrawal while its call was in flight
     gw.payout_unavailable = False
-    assert withdrawals.retry_requested_withdrawals(uow_factory, gateways(gw), W_SETTINGS, now=clock) == 0
+    assert resolve(env) == SweepReport()  # and the retry put the next look a minute away
     assert store.withdrawals[wid].status == "REQUESTED"
+    w = withdraw(env, key="wk")  # the next retry gets through, the sweep again running meanwhile
+    assert w.id == wid and w.status == "PROCESSING" and sweeps == [SweepReport()] * 3
+    assert wd_events(store) == []
 
 
 def test_payout_event_for_an_unknown_withdrawal_is_retried(env) -> None:
@@ -510,9 +597,20 @@ def test_payout_event_for_an_unknown_withdrawal_is_retried(env) -> None:
     assert inbox.status == "RETRY" and "no withdrawal" in inbox.last_error
 
 
-def test_the_worker_registers_the_refund_and_payout_handlers() -> None:
-    import payment_service.worker.jobs  # noqa: F401 - the worker process imports this module
-
-    assert refunds.apply_refund_event in webhooks.EXTRA_HANDLERS
-    assert withdrawals.apply_payout_event in webhooks.EXTRA_HANDLERS
-    assert len(webhooks.EXTRA_HANDLERS) == len(set(webhooks.EXTRA_HANDLERS))
+def test_the_applier_routes_each_kind_to_its_handler_and_ignores_the_rest(env) -> None:
+    _, store, gw, _ = env
+    p = captured_payment(env)
+    gw.refund_status = RefundStatus.PENDING
+    r = refund(env, p.id, 100)
+    w = withdraw(env)
+    deliver(env, "evt_r", "refund.updated", {"refund": {"id": r.gateway_refund_id, "status": "succeeded"}}, r.id,
+            r.gateway_refund_id)
+    payout_event(env, "evt_w", w, "processed", utr="UTR1")
+    deliver(env, "evt_c", "payment_intent.succeeded", {"charge": {"status": "succeeded", "id": p.gateway_payment_id,
+                                                                  "reference": p.id}}, p.id, p.gateway_payment_id)
+    deliver(env, "evt_other", "customer.updated", {"customer": {"id": "cus_1"}}, None, "cus_1")
+    apply(env)
+    # The refund and the payout moved; the duplicate capture and a type nobody handles are recorded, nothing else.
+    assert inbox_statuses(store) == ["APPLIED", "APPLIED", "IGNORED", "IGNORED"]
+    assert store.refunds[r.id].status == "SUCCEEDED" and store.withdrawals[w.id].status == "SETTLED"
+    assert store.payments[p.id].status == "CAPTURED" and len(events(store, EventType.PAYMENT_CAPTURED)) == 1

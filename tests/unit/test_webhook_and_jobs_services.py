@@ -1,21 +1,24 @@
-"""The webhook applier and the worker's jobs against fakes."""
+"""The webhook applier and the payment sweeps (expire_pending_3ds, reconcile_pending) against fakes."""
 
 from __future__ import annotations
+
+from datetime import timedelta
 
 import pytest
 
 from payment_service.domain import ids
+from payment_service.domain.errors import GatewayUnavailable
 from payment_service.domain.events import EventType
-from payment_service.gateways.base import ChargeResult, ChargeStatus, WebhookEvent
-from payment_service.services import jobs, webhooks
+from payment_service.gateways.base import ChargeRequest, ChargeResult, ChargeStatus, WebhookEvent
+from payment_service.services import jobs, refunds, webhooks
 from payment_service.services import payments as svc
+from payment_service.services.lifecycle import SweepReport
 from payment_service.services.risk import RiskRules
 
-from .fakes import Clock, FakeGateway, fake_uow_factory
+from .fakes import Clock, FakeGateway, fake_uow_factory, run_flow
 
 SETTINGS = svc.PaymentSettings(RiskRules(), 900)
-
-
+APPLY = webhooks.ApplySettings(SETTINGS)
 
 
 @pytest.fixture
@@ -24,11 +27,14 @@ def env():
     return uow_factory, store, FakeGateway(), Clock()
 
 
-def start_3ds(env) -> svc.Payment:
+def topup(env, token: str = "pm_card_visa", amount: int = 5000, key: str | None = None) -> svc.Payment:
     uow_factory, _, gw, clock = env
-    cmd = svc.TopUp(user_id="u_1", amount=5000, currency="INR", payment_id=ids.new_id("pay"), gateway="stripe",
-                    token="pm_card_threeDSecure2Required")
-    return svc.top_up(cmd, uow_factory, {"stripe": gw}, SETTINGS, now=clock)
+    cmd = svc.TopUp(user_id="u_1", amount=amount, currency="INR", gateway="stripe", token=token)
+    return run_flow(svc.TopUpFlow(cmd, {"stripe": gw}, SETTINGS, now=clock), uow_factory, key=key, now=clock)
+
+
+def start_3ds(env) -> svc.Payment:
+    return topup(env, token="pm_card_threeDSecure2Required")
 
 
 def deliver(env, event_id: str, status: str, gateway_id: str | None, reference: str | None) -> bool:
@@ -40,11 +46,43 @@ def deliver(env, event_id: str, status: str, gateway_id: str | None, reference: 
 
 def apply(env) -> int:
     uow_factory, _, gw, clock = env
-    return webhooks.apply_due_events(uow_factory, {"stripe": gw}, SETTINGS, now=clock)
+    return webhooks.apply_due_events(uow_factory, {"stripe": gw}, APPLY, now=clock)
+
+
+def expire(env) -> SweepReport:
+    uow_factory, _, gw, clock = env
+    return jobs.expire_pending_3ds(uow_factory, {"stripe": gw}, SETTINGS, now=clock)
+
+
+def reconcile(env, settings: svc.PaymentSettings = SETTINGS) -> SweepReport:
+    uow_factory, _, gw, clock = env
+    return jobs.reconcile_pending(uow_factory, {"stripe": gw}, settings, now=clock)
+
+
+def retry_refunds(env) -> SweepReport:
+    uow_factory, _, gw, clock = env
+    return refunds.retry_pending_refunds(uow_factory, {"stripe": gw}, refunds.RefundSettings(), now=clock)
 
 
 def captured(store) -> list:
     return [e for e in store.outbox if e.type == EventType.PAYMENT_CAPTURED]
+
+
+def unanswered_topup(env, charged_anyway: bool = False) -> str:
+    """A top-up answered 503: the gateway did not answer (and, if `charged_anyway`, charged all the same)."""
+    _, store, gw, _ = env
+    gw.unavailable = True
+    with pytest.raises(GatewayUnavailable, match="did not answer"):
+        topup(env, amount=10, key="k1")
+    gw.unavailable = False
+    (pid,) = store.payments
+    if charged_anyway:
+        gw.charge(ChargeRequest(reference=pid, amount=10, currency="INR", idempotency_key=f"{pid}:charge",
+                                token="pm_card_visa"))
+    return pid
+
+
+# --- webhooks -------------------------------------------------------------------------------------
 
 
 def test_3ds_success_webhook_captures_once_even_delivered_ten_times(env) -> None:
@@ -58,16 +96,38 @@ def test_3ds_success_webhook_captures_once_even_delivered_ten_times(env) -> None
     assert [e.status for e in store.inbox.values()] == ["APPLIED"]
 
 
-def test_reordered_success_then_failure_one_transition(env) -> None:
-    _, store, _, _ = env
+def test_reordered_failure_then_success_fails_once_and_refunds_the_late_success(env) -> None:
+    _, store, gw, _ = env
     p = start_3ds(env)
     deliver(env, "evt_f", "failed", p.gateway_payment_id, p.id)
     deliver(env, "evt_s", "succeeded", p.gateway_payment_id, p.id)
     apply(env)
-    # The failure came first and won; the success that followed cannot move a terminal payment.
-    assert store.payments[p.id].status == "FAILED"
+    # The failure came first and won; the success that followed cannot move a final payment: its money
+    # goes back by a refund recorded on the payment, which the refund sweep sends.
+    after = store.payments[p.id]
+    assert after.status == "FAILED" and after.failure_code == "failed_then_refunded"
     assert [e.type for e in store.outbox] == [EventType.PAYMENT_FAILED]
-    assert sorted(e.status for e in store.inbox.values()) == ["APPLIED", "IGNORED"]
+    assert [e.status for e in store.inbox.values()] == ["APPLIED", "APPLIED"]
+    (r,) = store.refunds.values()
+    assert r.status == "PENDING" and r.reason == "failed_then_refunded" and r.amount == 5000
+    assert r.gateway_payment_id == p.gateway_payment_id
+    assert gw.refunds == {}  # not sent inside the webhook's transaction
+    report = retry_refunds(env)
+    assert report.finished == 1 and store.refunds[r.id].status == "SUCCEEDED" and len(gw.refunds) == 1
+    # It never credited the wallet, so its refund does not debit it.
+    assert [e.type for e in store.outbox] == [EventType.PAYMENT_FAILED]
+
+
+def test_a_superseded_attempts_failure_does_not_fail_the_payment(env) -> None:
+    _, store, _, _ = env
+    p = start_3ds(env)
+    deliver(env, "evt_old_f", "failed", "pi_old_attempt", p.id)
+    apply(env)
+    assert store.payments[p.id].status == "PENDING_3DS"
+    assert [e.status for e in store.inbox.values()] == ["IGNORED"]
+    deliver(env, "evt_s", "succeeded", p.gateway_payment_id, p.id)
+    apply(env)
+    assert store.payments[p.id].status == "CAPTURED" and len(captured(store)) == 1
 
 
 def test_unknown_object_is_kept_and_retried_with_backoff(env) -> None:
@@ -86,94 +146,190 @@ def test_unknown_object_is_kept_and_retried_with_backoff(env) -> None:
     assert e.status == "FAILED" and e.id in store.inbox  # given up on, but kept
 
 
-def test_event_for_a_payment_recorded_later_applies_on_retry(env) -> None:
-    uow_factory, store, gw, clock = env
+def test_event_for_a_payment_recorded_later_applies_on_retry(env, monkeypatch) -> None:
+    _, store, _, clock = env
     pid = ids.new_id("pay")
     deliver(env, "evt_early", "succeeded", "pi_1", pid)
     apply(env)
-    cmd = svc.TopUp(user_id="u_1", amount=10, currency="INR", payment_id=pid, gateway="stripe",
-                    token="pm_card_threeDSecure2Required")
-    svc.top_up(cmd, uow_factory, {"stripe": gw}, SETTINGS, now=clock)
+    assert [e.status for e in store.inbox.values()] == ["RETRY"]
+    monkeypatch.setattr(ids, "new_id", lambda prefix: pid)  # the id the request allocates
+    assert start_3ds(env).id == pid
     clock.advance(seconds=5)
     apply(env)
     assert store.payments[pid].status == "CAPTURED" and len(captured(store)) == 1
+    assert [e.status for e in store.inbox.values()] == ["APPLIED"]
+
+
+def test_an_event_with_only_the_gateway_id_finds_the_payment(env) -> None:
+    _, store, _, _ = env
+    p = start_3ds(env)
+    deliver(env, "evt_1", "succeeded", p.gateway_payment_id, None)
+    apply(env)
+    assert store.payments[p.id].status == "CAPTURED" and len(captured(store)) == 1
+
+
+# --- the 3-D Secure expiry sweep ------------------------------------------------------------------
 
 
 def test_expiry_cancels_then_expires_with_event(env) -> None:
-    uow_factory, store, gw, clock = env
+    _, store, gw, clock = env
     p = start_3ds(env)
-    assert jobs.expire_pending_3ds(uow_factory, {"stripe": gw}, SETTINGS, now=clock) == 0  # not due
+    assert expire(env) == SweepReport()  # not due
     clock.advance(seconds=901)
-    assert jobs.expire_pending_3ds(uow_factory, {"stripe": gw}, SETTINGS, now=clock) == 1
-    assert store.payments[p.id].status == "EXPIRED"
+    assert expire(env) == SweepReport(claimed=1, finished=1)
+    after = store.payments[p.id]
+    assert after.status == "EXPIRED" and after.failure_code == "expired" and after.claimed_until is None
     assert [e.type for e in store.outbox] == [EventType.PAYMENT_EXPIRED]
     assert gw.state[p.gateway_payment_id].status is ChargeStatus.CANCELED
 
 
 def test_expiry_race_gateway_succeeded_so_captured(env) -> None:
-    uow_factory, store, gw, clock = env
+    _, store, gw, clock = env
     p = start_3ds(env)
     gw.state[p.gateway_payment_id] = ChargeResult(ChargeStatus.SUCCEEDED, p.gateway_payment_id, reference=p.id)
     clock.advance(seconds=901)
-    jobs.expire_pending_3ds(uow_factory, {"stripe": gw}, SETTINGS, now=clock)
+    assert expire(env).finished == 1
     assert store.payments[p.id].status == "CAPTURED" and len(captured(store)) == 1
     # And the success webhook that follows changes nothing.
     deliver(env, "evt_late", "succeeded", p.gateway_payment_id, p.id)
     apply(env)
-    assert len(captured(store)) == 1
+    assert len(captured(store)) == 1 and store.refunds == {}
 
 
-def test_expiry_waits_while_gateway_is_down(env) -> None:
-    uow_factory, store, gw, clock = env
+def test_expiry_waits_while_gateway_is_down_and_records_the_attempt(env) -> None:
+    _, store, gw, clock = env
     p = start_3ds(env)
     clock.advance(seconds=901)
     gw.unavailable = True
-    jobs.expire_pending_3ds(uow_factory, {"stripe": gw}, SETTINGS, now=clock)
-    assert store.payments[p.id].status == "PENDING_3DS"
+    assert expire(env) == SweepReport(claimed=1, failed=1)
+    after = store.payments[p.id]
+    assert after.status == "PENDING_3DS" and after.attempts == 1 and after.claimed_until is None
+    assert after.next_attempt_at == clock.t + timedelta(seconds=15) and "GatewayUnavailableError" in after.last_error
+    gw.unavailable = False
+    assert expire(env) == SweepReport()  # backing off
+    clock.advance(seconds=15)
+    assert expire(env).finished == 1 and store.payments[p.id].status == "EXPIRED"
 
 
-def test_late_success_on_expired_payment_is_refunded_and_recorded(env) -> None:
-    uow_factory, store, gw, clock = env
+def test_late_success_on_expired_payment_is_recorded_and_refunded_by_the_sweep(env) -> None:
+    _, store, gw, clock = env
     p = start_3ds(env)
     clock.advance(seconds=901)
-    jobs.expire_pending_3ds(uow_factory, {"stripe": gw}, SETTINGS, now=clock)
+    expire(env)
     deliver(env, "evt_ok", "succeeded", p.gateway_payment_id, p.id)
     deliver(env, "evt_ok2", "succeeded", p.gateway_payment_id, p.id)
     apply(env)
     after = store.payments[p.id]
     assert after.status == "EXPIRED" and after.failure_code == "expired_then_refunded"
-    assert after.refunded_amount == 5000 and len(gw.refunds) == 1
-    assert [r.reason for r in store.refunds.values()] == ["expired_then_refunded"]
-    assert captured(store) == []
+    assert after.refunded_amount == 5000
+    assert [e.status for e in store.inbox.values()] == ["APPLIED", "IGNORED"]
+    (r,) = store.refunds.values()  # one refund, however often the success is delivered
+    assert r.status == "PENDING" and r.reason == "expired_then_refunded" and r.next_attempt_at == clock.t
+    assert gw.refunds == {}
+    assert retry_refunds(env) == SweepReport(claimed=1, finished=1)
+    assert store.refunds[r.id].status == "SUCCEEDED" and len(gw.refunds) == 1
+    assert captured(store) == [] and [e.type for e in store.outbox] == [EventType.PAYMENT_EXPIRED]
+
+
+def test_a_late_success_refund_is_retried_until_it_succeeds(env) -> None:
+    _, store, gw, clock = env
+    p = start_3ds(env)
+    clock.advance(seconds=901)
+    expire(env)
+    deliver(env, "evt_ok", "succeeded", p.gateway_payment_id, p.id)
+    apply(env)
+    (rid,) = store.refunds
+    gw.unavailable = True
+    assert retry_refunds(env) == SweepReport(claimed=1, failed=1)
+    r = store.refunds[rid]
+    assert r.status == "PENDING" and r.attempts == 1 and r.next_attempt_at == clock.t + timedelta(seconds=15)
+    clock.advance(seconds=15)
+    assert retry_refunds(env).failed == 1 and store.refunds[rid].attempts == 2
+    gw.unavailable = False
+    clock.advance(seconds=30)
+    assert retry_refunds(env).finished == 1 and store.refunds[rid].status == "SUCCEEDED" and len(gw.refunds) == 1
+
+
+# --- the reconcile sweep --------------------------------------------------------------------------
 
 
 def test_reconcile_captures_a_charge_whose_commit_was_lost(env) -> None:
-    uow_factory, store, gw, clock = env
-    pid = ids.new_id("pay")
-    gw.unavailable = True
-    cmd = svc.TopUp(user_id="u_1", amount=10, currency="INR", payment_id=pid, gateway="stripe", token="pm_card_visa")
-    with pytest.raises(Exception, match="did not answer"):
-        svc.top_up(cmd, uow_factory, {"stripe": gw}, SETTINGS, now=clock)
-    gw.unavailable = False
-    # The gateway did charge (the response was lost): it knows the charge by our id.
-    from payment_service.gateways.base import ChargeRequest
-
-    gw.charge(ChargeRequest(reference=pid, amount=10, currency="INR", idempotency_key=f"{pid}:charge",
-                            token="pm_card_visa"))
-    assert jobs.reconcile_pending(uow_factory, {"stripe": gw}, SETTINGS, 180, now=clock) == 0  # too young
+    _, store, gw, clock = env
+    pid = unanswered_topup(env, charged_anyway=True)
+    assert reconcile(env) == SweepReport()  # too young
     clock.advance(seconds=181)
-    assert jobs.reconcile_pending(uow_factory, {"stripe": gw}, SETTINGS, 180, now=clock) == 1
+    assert reconcile(env) == SweepReport(claimed=1, finished=1)
+    after = store.payments[pid]
+    assert after.status == "CAPTURED" and after.claimed_until is None and len(captured(store)) == 1
+    assert len(gw.charges) == 1  # the replay with the same key returned the first charge
+
+
+def test_reconcile_replays_a_charge_the_gateway_never_saw_within_the_window(env) -> None:
+    _, store, gw, clock = env
+    pid = unanswered_topup(env)
+    assert gw.charges == {}  # the gateway never saw it (or its search has not caught up)
+    clock.advance(seconds=181)
+    assert reconcile(env).finished == 1
+    # Not "not_submitted": the charge is replayed with the same key, and made once.
     assert store.payments[pid].status == "CAPTURED" and len(captured(store)) == 1
+    assert [c.idempotency_key for c in gw.calls] == [f"{pid}:charge"] * 2 and len(gw.charges) == 1
 
 
-def test_reconcile_fails_a_charge_the_gateway_never_saw(env) -> None:
-    uow_factory, store, gw, clock = env
-    pid = ids.new_id("pay")
+def test_reconcile_fails_a_charge_the_gateway_never_saw_past_the_window(env) -> None:
+    _, store, gw, clock = env
+    pid = unanswered_topup(env)
+    clock.advance(seconds=SETTINGS.replay_window_seconds + 1)
+    assert reconcile(env).finished == 1
+    after = store.payments[pid]
+    assert after.status == "FAILED" and after.failure_code == "not_submitted"
+    assert len(gw.calls) == 1 and gw.charges == {}  # no replay past the window
+    assert [e.type for e in store.outbox] == [EventType.PAYMENT_FAILED]
+
+
+def test_reconcile_skips_a_payment_whose_resumed_request_is_charging(env) -> None:
+    _, store, gw, clock = env
+    pid = unanswered_topup(env)
+    clock.advance(seconds=181)  # due for the sweep
+    reports: list[SweepReport] = []
+    charge = gw.charge
+
+    def charge_while_the_sweep_runs(request):
+        reports.append(reconcile(env))
+        return charge(request)
+
+    gw.charge = charge_while_the_sweep_runs
+    p = topup(env, amount=10, key="k1")  # the client's retry with the same key
+    assert reports == [SweepReport()]  # the request holds the payment: the sweep did not look at it
+    assert p.id == pid and p.status == "CAPTURED" and len(captured(store)) == 1 and len(gw.charges) == 1
+
+
+def test_reconcile_while_the_gateway_is_down_backs_off_without_stopping(env) -> None:
+    _, store, gw, clock = env
+    first = unanswered_topup(env)
+    clock.advance(seconds=1)
+    topup(env, amount=10, key="k2")  # a second payment: captured, not swept
     gw.unavailable = True
-    cmd = svc.TopUp(user_id="u_1", amount=10, currency="INR", payment_id=pid, gateway="stripe", token="pm_card_visa")
-    with pytest.raises(Exception, match="did not answer"):
-        svc.top_up(cmd, uow_factory, {"stripe": gw}, SETTINGS, now=clock)
-    gw.unavailable = False
     clock.advance(seconds=181)
-    jobs.reconcile_pending(uow_factory, {"stripe": gw}, SETTINGS, 180, now=clock)
-    assert store.payments[pid].status == "FAILED" and store.payments[pid].failure_code == "not_submitted"
+    assert reconcile(env) == SweepReport(claimed=1, failed=1)
+    after = store.payments[first]
+    assert after.status == "PENDING" and after.attempts == 2 and after.claimed_until is None  # 503, then the sweep
+    assert after.next_attempt_at == clock.t + timedelta(seconds=30) and "GatewayUnavailableError" in after.last_error
+    gw.unavailable = False
+    clock.advance(seconds=30)
+    assert reconcile(env).finished == 1 and store.payments[first].status == "CAPTURED"
+
+
+def test_reconcile_of_a_charge_still_processing_looks_again_later(env) -> None:
+    _, store, gw, clock = env
+    pid = unanswered_topup(env, charged_anyway=True)
+    (gid,) = gw.charges
+    gw.results[f"{pid}:charge"] = ChargeResult(ChargeStatus.PROCESSING, gid)
+    clock.advance(seconds=181)
+    assert reconcile(env) == SweepReport(claimed=1)
+    after = store.payments[pid]
+    assert after.status == "PENDING" and after.gateway_payment_id == gid and after.claimed_until is None
+    assert after.next_attempt_at == clock.t + timedelta(seconds=SETTINGS.reconcile_after_seconds)
+    assert reconcile(env) == SweepReport()
+    gw.state[gid] = ChargeResult(ChargeStatus.SUCCEEDED, gid, amount=10, reference=pid)
+    clock.advance(seconds=SETTINGS.reconcile_after_seconds)
+    assert reconcile(env).finished == 1 and store.payments[pid].status == "CAPTURED"
