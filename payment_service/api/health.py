@@ -8,11 +8,12 @@ import time
 from typing import Any
 
 from flask import Blueprint, Response, g, has_app_context, jsonify, request
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client import multiprocess as prom_multiprocess
 from sqlalchemy import text
 
 from ..adapters import migrate
+from ..adapters.lifecycle_metrics import LifecycleCollector
 from ..worker.relay import install_outbox_collector, outbox_collector  # relay: outbox metrics
 from .context import container
 
@@ -94,6 +95,8 @@ def _scrape_engine() -> Any:
 
 install_outbox_collector("api", _scrape_engine)  # once per process: the registry refuses a second
 # --- end relay ---
+_LIFECYCLE = LifecycleCollector(_scrape_engine)
+REGISTRY.register(_LIFECYCLE)
 
 
 @bp.get("/metrics")
@@ -107,6 +110,7 @@ def metrics() -> Response:
         if collector is not None:
             registry.register(collector)
         # --- end relay ---
+        registry.register(_LIFECYCLE)
         data = generate_latest(registry)
     else:
         data = generate_latest()

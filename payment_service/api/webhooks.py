@@ -30,13 +30,14 @@ def _masked(body: str, event: WebhookEvent) -> tuple[str, WebhookEvent]:
     """
     masked_body = mask_json_text(body)
     payload = json.loads(masked_body) if masked_body is not body else event.payload
-    fields = {
-        "event_id": mask_card_numbers(event.event_id),
-        "type": mask_card_numbers(event.type),
-        "object_id": mask_card_numbers(event.object_id) if event.object_id else event.object_id,
-        "reference": mask_card_numbers(event.reference) if event.reference else event.reference,
-    }
-    return masked_body, replace(event, payload=payload, **fields)
+    return masked_body, replace(
+        event,
+        event_id=mask_card_numbers(event.event_id),
+        type=mask_card_numbers(event.type),
+        object_id=mask_card_numbers(event.object_id) if event.object_id else event.object_id,
+        reference=mask_card_numbers(event.reference) if event.reference else event.reference,
+        payload=payload,
+    )
 
 
 def _receive(gateway_name: str) -> Response | tuple[Response, int]:

@@ -94,7 +94,8 @@ def find_card_number_field(value: Any, path: str = "") -> str | None:
 # --- ids and free text ------------------------------------------------------------------------
 
 # Any card number lies inside a run like this, whatever surrounds it once a JSON string is decoded
-# (`\n4242...` reads as a letter before the digits in the raw text, as a line break after decoding).
+# (`\n4242...` reads as a letter before the digits in the raw text, as a line break after decoding);
+# JSON can hide a digit only as a \u escape.
 _DIGIT_RUN = re.compile(r"[0-9][0-9 -]{11,}[0-9]")
 
 # Keys whose values are identifiers: ours (payment_id, subject, id), the user's (user_id), the
@@ -107,6 +108,11 @@ _IDENTIFIER_SUFFIXES = ("_id", "_ids", "_utr", "_rrn", "_reference", "_ref")
 # razorpay notes.payment_id, customer metadata.user_id).
 _FREE_TEXT_CONTAINERS = frozenset({"metadata", "notes"})
 _OUR_REFERENCE_KEYS = frozenset({"payment_id", "refund_id", "withdrawal_id", "user_id"})
+
+
+def may_hold_card_number(text: str) -> bool:
+    """A cheap first look at a JSON text: False means no value in it can hold a card number."""
+    return "\\u" in text or _DIGIT_RUN.search(text) is not None
 
 
 def is_identifier_key(key: str) -> bool:
@@ -192,8 +198,8 @@ def mask_json_text(raw: str) -> str:
     is kept byte for byte; otherwise it is written again as JSON, still valid. Text that is not JSON
     is masked as plain text.
     """
-    if not _DIGIT_RUN.search(raw) and "\\u" not in raw:
-        return raw  # no run of digits long enough (JSON can hide a digit only as a \u escape)
+    if not may_hold_card_number(raw):
+        return raw
     try:
         document = json.loads(raw)
     except ValueError:

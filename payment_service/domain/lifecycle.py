@@ -202,16 +202,24 @@ def late_refund_id(payment_id: str, attempt_id: str | None) -> str:
 
 
 def late_refund_code(payment: Payment) -> str:
+    if payment.status == _P.CAPTURED.value:
+        return LATE_SUCCESS_REASON  # another attempt's capture on a payment captured already
     return EXPIRED_THEN_REFUNDED if payment.status == _P.EXPIRED.value else FAILED_THEN_REFUNDED
+
+
+def is_late_refund(refund: Refund) -> bool:
+    """A refund that gives back a late success: it reserved nothing and credits nothing back."""
+    return refund.gateway_payment_id is not None
 
 
 # --- refunds --------------------------------------------------------------------------------
 
 
 def refunded_event(refund: Refund, at: datetime, payment: Payment | None) -> Event | None:
-    # A refund of a payment that never credited the wallet (a late success on a FAILED or EXPIRED
-    # payment) must not debit it either: no PAYMENT_REFUNDED for those.
-    if payment is None or payment.status != _P.CAPTURED.value:
+    # A refund of money that never credited the wallet (a late success: on a FAILED or EXPIRED
+    # payment, or another attempt's capture, which is what sets the refund's own gateway_payment_id)
+    # must not debit it either: no PAYMENT_REFUNDED for those.
+    if payment is None or payment.status != _P.CAPTURED.value or refund.gateway_payment_id is not None:
         return None
     return Event(
         EventType.PAYMENT_REFUNDED,

@@ -77,13 +77,15 @@ def apply_charge_result(
     """
     attempt = result.gateway_payment_id
     target = PAYMENTS.target_for(result.status.value)
-    gw_id = {"gateway_payment_id": attempt} if attempt and payment.gateway_payment_id is None else {}
+    # The attempt that captures (or now waits for 3-D Secure) is the payment's charge from here on:
+    # a refund goes to it, and a success of any other attempt is a late success.
+    gw_id = {"gateway_payment_id": attempt} if attempt else {}
     card = result.card
     card_changes = (
         {"card_brand": card.brand, "card_last4": card.last4, "card_country": card.country} if card else {}
     )
     if target is None:  # processing: no move yet; remember the gateway's id and look again later
-        if gw_id:
+        if gw_id and payment.gateway_payment_id is None:
             uow.records.update(lifecycle.PAYMENT, payment.id, **gw_id, updated_at=at)
         return payment
     if target == PaymentStatus.FAILED.value and not lifecycle.failure_applies(payment, attempt):

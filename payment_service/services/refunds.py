@@ -85,11 +85,12 @@ def apply_refund_result(
     if target == RefundStatus.FAILED.value:
         changes["failure_reason"] = (result.failure_reason or "the gateway failed the refund")[:255]
     after, moved = walk(uow, REFUNDS, refund, target, at, payment, **changes)
-    if moved and target == RefundStatus.FAILED.value and payment.status == PaymentStatus.CAPTURED.value:
-        uow.payments.release_refund(refund.payment_id, refund.amount, at)
+    late = lifecycle.is_late_refund(refund)
+    if moved and target == RefundStatus.FAILED.value and not late:
+        uow.payments.release_refund(refund.payment_id, refund.amount, at)  # only what it reserved
     if moved:
         logger.info("refund finished", extra={"refund_id": refund.id, "status": after.status})
-        if target == RefundStatus.FAILED.value and payment.status != PaymentStatus.CAPTURED.value:
+        if target == RefundStatus.FAILED.value and late:
             # The money of a late success is still with us: an operator must look (rule 8).
             logger.error("late-success refund failed", extra={"refund_id": refund.id, "payment_id": payment.id})
     return after

@@ -109,7 +109,8 @@ def apply_payout_result(
     after, moved = walk(uow, WITHDRAWALS, w, target, at, **changes)
     if not moved:
         # Nothing to move (a duplicate, or still processing): keep what is new, and look again later.
-        refs = {k: v for k, v in changes.items() if k in ("gateway_payout_id", "fund_account_ref", "utr")}
+        # Never a UTR: an answer behind the stored state (processed after failed) proves nothing.
+        refs = {k: v for k, v in changes.items() if k in ("gateway_payout_id", "fund_account_ref")}
         if refs:
             uow.records.update(lifecycle.WITHDRAWAL, w.id, **refs)
         if after.status in WITHDRAWALS.open:

@@ -208,8 +208,7 @@ def test_one_card_number_through_every_door_is_found_nowhere(stack) -> None:
     settle(sandbox, engine, w["id"])
 
     # Headers, on requests that succeed and store things.
-    idem_key = PAN
-    headers = {**user_headers(user, idem_key), "X-Request-Id": PAN, "User-Agent": PAN, "Referer": f"https://x/?c={PAN}",
+    headers = {**user_headers(user, PAN), "X-Request-Id": PAN, "User-Agent": PAN, "Referer": f"https://x/?c={PAN}",
                "X-Forwarded-For": PAN, "Accept-Language": PAN, "X-Card": PAN, "Cookie": f"card={PAN}"}
     first = send("POST", "/payments/topup", (201,), json=topup_body(), headers=headers)
     again = send("POST", "/payments/topup", (201,), json=topup_body(), headers=headers)
@@ -233,6 +232,9 @@ def test_one_card_number_through_every_door_is_found_nowhere(stack) -> None:
     send("GET", f"/payments?cursor={PAN}&status=CAPTURED", (422,), headers=user_headers(user))
     send("GET", f"/payments?user_id={PAN}", (422,), headers=user_headers(user))
     send("GET", f"/healthz?card={PAN}", (200,))
+    send("POST", f"/payments/topup?card={PAN}", (201,), json=topup_body(), headers=user_headers(user, key()))
+    send("POST", "/payments/topup", (415,), data=f"card={PAN}", headers={
+        **user_headers(user, key()), "Content-Type": "application/x-www-form-urlencoded"})
 
     # Signed webhooks: free text and metadata of a Stripe payment intent, and a Razorpay event whose
     # id (a header the signature does not cover) and notes hold the number. Plus a forged one.

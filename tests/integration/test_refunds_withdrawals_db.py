@@ -19,10 +19,10 @@ from payment_service.adapters.unit_of_work import SqlAlchemyUnitOfWork
 from payment_service.bootstrap import make_engine
 from payment_service.domain import ids
 from payment_service.domain.errors import RefundExceedsCaptured
+from payment_service.domain.lifecycle import WITHDRAWALS
 from payment_service.domain.payments import Payment, Refund
 from payment_service.domain.withdrawals import Withdrawal
 from payment_service.gateways.base import PayoutResult, PayoutStatus, RefundResult, RefundStatus
-from payment_service.domain.lifecycle import WITHDRAWALS
 from payment_service.services import refunds, withdrawals
 from tests.unit.fakes import run_flow
 

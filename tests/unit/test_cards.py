@@ -11,6 +11,7 @@ from payment_service.domain.cards import (
     mask_card_numbers,
     mask_free_text,
     mask_json_text,
+    may_hold_card_number,
 )
 
 VISA_TEST = "4242424242424242"  # Stripe's public test number
@@ -145,3 +146,14 @@ def test_mask_json_text_keeps_json_valid_and_untouched_bodies_byte_identical() -
 def test_mask_json_text_of_a_body_that_is_not_json() -> None:
     assert mask_json_text(f"not json {VISA_TEST}") == "not json [card ****4242]"
     assert json.loads(mask_json_text(VISA_TEST)) == "[card ****4242]"  # a bare JSON number, still JSON
+
+
+def test_first_look_misses_no_card_number_hidden_by_json() -> None:
+    assert not may_hold_card_number('{"amount":50000,"time":"2026-01-01T00:00:00.000Z","id":"evt_01hx"}')
+    # Every fourth digit as a \u escape: no long digit run in the text, a card number once decoded.
+    escaped = "".join(c if i % 4 else "\\u003" + c for i, c in enumerate(VISA_TEST))
+    hidden = [json.dumps({"s": f"\n{VISA_TEST}"}), '{"s": "' + escaped + '"}', VISA_TEST]
+    assert json.loads(hidden[1])["s"] == VISA_TEST and not contains_card_number(hidden[1])
+    for text in hidden:
+        assert may_hold_card_number(text)
+        assert VISA_TEST not in json.dumps(json.loads(mask_json_text(text)))

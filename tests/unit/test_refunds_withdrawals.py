@@ -295,6 +295,27 @@ def test_refused_refund_fails_and_releases_the_amount(env) -> None:
     assert refund(env, p.id).amount == 10_000
 
 
+def test_a_failed_late_success_refund_does_not_give_back_what_the_customer_refunded(env) -> None:
+    _, store, gw, clock = env
+    p = captured_payment(env, token="pm_card_threeDSecure2Required")
+    charge = {"status": "succeeded", "id": p.gateway_payment_id, "reference": p.id}
+    deliver(env, "evt_a", "payment_intent.succeeded", {"charge": charge}, p.id, p.gateway_payment_id)
+    apply(env)
+    assert store.payments[p.id].status == "CAPTURED"
+    assert refund(env, p.id).amount == 10_000  # the customer's money, all refunded
+    # A second attempt on the same order was captured too; giving it back fails at the gateway.
+    other = {"status": "succeeded", "id": "pi_other", "reference": p.id}
+    deliver(env, "evt_b", "payment_intent.succeeded", {"charge": other}, p.id, "pi_other")
+    apply(env)
+    (late,) = [r for r in store.refunds.values() if r.gateway_payment_id == "pi_other"]
+    gw.refund_status = RefundStatus.FAILED
+    assert retry_refunds(env).finished == 1 and store.refunds[late.id].status == "FAILED"
+    # That refund reserved nothing on the payment: it must not release the customer's refund.
+    assert store.payments[p.id].refunded_amount == 10_000
+    with pytest.raises(RefundExceedsCaptured):
+        refund(env, p.id)
+
+
 def test_refund_event_for_an_unknown_refund_is_retried(env) -> None:
     _, store, _, _ = env
     deliver(env, "evt_u", "refund.updated", {"refund": {"id": "re_zzz", "status": "succeeded"}}, "re_nobody",
@@ -584,8 +605,21 @@ def test_give_up_does_not_fail_a_withdrawal_a_client_is_sending_now(env) -> None
     assert resolve(env) == SweepReport()  # and the retry put the next look a minute away
     assert store.withdrawals[wid].status == "REQUESTED"
     w = withdraw(env, key="wk")  # the next retry gets through, the sweep again running meanwhile
-    assert w.id == wid and w.status == "PROCESSING" and sweeps == [SweepReport()] * 3
+    assert w.id == wid and w.status == "PROCESSING" and sweeps == [SweepReport()] * 2
     assert wd_events(store) == []
+
+
+def test_a_retry_after_the_sweep_gave_up_answers_the_failure_without_a_payout(env) -> None:
+    _, store, gw, clock = env
+    gw.payout_unavailable = True
+    with pytest.raises(GatewayUnavailable):
+        withdraw(env, key="wk")
+    gw.payout_unavailable = False
+    clock.advance(seconds=3601)
+    assert resolve(env).finished == 1
+    w = withdraw(env, key="wk")
+    assert w.status == "FAILED" and w.failure_reason == withdrawals.NOT_CREATED_REASON
+    assert len(gw.payout_calls) == 1 and wd_events(store) == ["WITHDRAWAL_FAILED"]
 
 
 def test_payout_event_for_an_unknown_withdrawal_is_retried(env) -> None:

@@ -7,6 +7,7 @@ from datetime import timedelta
 
 import pytest
 
+from payment_service.domain import ids
 from payment_service.domain.errors import (
     GatewayUnavailable,
     IdempotencyKeyInUse,
@@ -14,7 +15,8 @@ from payment_service.domain.errors import (
     ValidationFailed,
 )
 from payment_service.domain.events import EventType
-from payment_service.services import idempotency
+from payment_service.gateways.base import ChargeResult, ChargeStatus
+from payment_service.services import idempotency, jobs
 from payment_service.services import payments as svc
 from payment_service.services.risk import RiskAction, RiskRules
 
@@ -176,6 +178,33 @@ def test_a_resumed_top_up_while_someone_else_holds_the_payment_is_in_use(env) ->
     clock.advance(seconds=301)  # the sweep's lease lapsed (it died)
     p = topup(env, key="k1")
     assert p.id == pid and p.status == "CAPTURED" and len(gw.charges) == 1
+
+
+def test_a_retry_after_the_sweep_resolved_the_payment_answers_its_outcome(env) -> None:
+    uow_factory, store, gw, settings, clock = env
+    gw.unavailable = True
+    with pytest.raises(GatewayUnavailable):
+        topup(env, key="k1")
+    (pid,) = store.payments
+    gw.unavailable = False
+    clock.advance(seconds=181)
+    assert jobs.reconcile_pending(uow_factory, {"stripe": gw}, settings, now=clock).finished == 1
+    n = len(gw.calls)
+    p = topup(env, key="k1")
+    assert p.id == pid and p.status == "CAPTURED" and len(gw.calls) == n  # nothing left to ask the gateway
+    assert len(events(store, EventType.PAYMENT_CAPTURED)) == 1
+    (key,) = store.idem.values()
+    assert key.status == "COMPLETED"
+
+
+def test_a_charge_still_processing_stays_pending_for_the_sweep(env, monkeypatch) -> None:
+    _, store, gw, _, clock = env
+    monkeypatch.setattr(ids, "new_id", lambda prefix: "pay_processing")
+    gw.results["pay_processing:charge"] = ChargeResult(ChargeStatus.PROCESSING, "pi_slow")
+    p = topup(env)
+    assert p.status == "PENDING" and p.gateway_payment_id == "pi_slow" and p.claimed_until is None
+    assert p.attempts == 0 and p.last_error is None and p.next_attempt_at == clock.t + timedelta(seconds=180)
+    assert events(store) == [] and store.commits == 2
 
 
 def test_the_same_key_while_the_first_request_is_in_flight_is_in_use(env) -> None:

@@ -118,6 +118,22 @@ def test_reordered_failure_then_success_fails_once_and_refunds_the_late_success(
     assert [e.type for e in store.outbox] == [EventType.PAYMENT_FAILED]
 
 
+def test_a_success_webhook_applied_while_the_request_is_in_flight_captures_once(env) -> None:
+    _, store, gw, _ = env
+    charge = gw.charge
+
+    def charge_and_notify(request):
+        result = charge(request)
+        deliver(env, "evt_fast", "succeeded", result.gateway_payment_id, request.reference)
+        assert apply(env) == 1  # the worker is quicker than the request's own commit
+        return result
+
+    gw.charge = charge_and_notify
+    p = topup(env)
+    assert p.status == "CAPTURED" and p.claimed_until is None and len(captured(store)) == 1
+    assert [e.status for e in store.inbox.values()] == ["APPLIED"] and store.refunds == {}
+
+
 def test_a_superseded_attempts_failure_does_not_fail_the_payment(env) -> None:
     _, store, _, _ = env
     p = start_3ds(env)
@@ -128,6 +144,43 @@ def test_a_superseded_attempts_failure_does_not_fail_the_payment(env) -> None:
     deliver(env, "evt_s", "succeeded", p.gateway_payment_id, p.id)
     apply(env)
     assert store.payments[p.id].status == "CAPTURED" and len(captured(store)) == 1
+
+
+def test_a_capture_by_another_attempt_is_the_payments_capture(env) -> None:
+    """Razorpay: the customer completes a second attempt on the same order while we hold the first."""
+    _, store, _, _ = env
+    p = start_3ds(env)
+    assert p.gateway_payment_id == "pi_1"
+    deliver(env, "evt_b", "succeeded", "pi_2", p.id)
+    apply(env)
+    after = store.payments[p.id]
+    assert after.status == "CAPTURED" and len(captured(store)) == 1
+    # The money is at pi_2: refunds of this payment, and the late-success check, must go by it.
+    assert after.gateway_payment_id == "pi_2"
+    # The first attempt succeeds after all: a second capture, never credited, is given back.
+    deliver(env, "evt_a", "succeeded", "pi_1", p.id)
+    apply(env)
+    assert [(r.gateway_payment_id, r.status) for r in store.refunds.values()] == [("pi_1", "PENDING")]
+    assert len(captured(store)) == 1
+
+
+def test_a_success_of_another_attempt_on_a_captured_payment_is_refunded_without_debiting_the_wallet(env) -> None:
+    _, store, gw, _ = env
+    p = start_3ds(env)
+    deliver(env, "evt_a", "succeeded", p.gateway_payment_id, p.id)
+    apply(env)
+    deliver(env, "evt_b", "succeeded", "pi_other", p.id)
+    deliver(env, "evt_b2", "succeeded", "pi_other", p.id)  # the same success, delivered twice
+    apply(env)
+    after = store.payments[p.id]
+    assert after.status == "CAPTURED" and after.gateway_payment_id == p.gateway_payment_id
+    assert after.refunded_amount == 0  # the customer's own capture is still theirs to refund
+    (r,) = store.refunds.values()
+    assert r.status == "PENDING" and r.gateway_payment_id == "pi_other" and r.amount == 5000
+    assert retry_refunds(env).finished == 1 and store.refunds[r.id].status == "SUCCEEDED"
+    assert len(gw.refunds) == 1 and len(captured(store)) == 1
+    # The wallet was credited once, for the first attempt; giving the second one back must not debit it.
+    assert [e.type for e in store.outbox] == [EventType.PAYMENT_CAPTURED]
 
 
 def test_unknown_object_is_kept_and_retried_with_backoff(env) -> None:
