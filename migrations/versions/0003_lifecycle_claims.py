@@ -8,10 +8,14 @@ Payments, refunds and withdrawals get the columns of DESIGN.md rule 7: `claimed_
 held while a gateway call is in flight), and a sweep's per-record `attempts`, `next_attempt_at`
 and `last_error`. The sweeps read `status, next_attempt_at`, which replaces the old
 `status, updated_at` / `status, expires_at` indexes. `idempotency_keys.recovery_point` records how
-far a request got (rule 9).
+far a request got (rule 9), and stored keys become their SHA-256 (a downgrade cannot undo that; the
+service of the previous release would treat them as new keys). `refunds.gateway_payment_id` is the
+charge a late-success refund gives back.
 """
 
 from __future__ import annotations
+
+import hashlib
 
 import sqlalchemy as sa
 from alembic import op
@@ -49,6 +53,17 @@ def upgrade() -> None:
     op.execute("UPDATE withdrawal_requests SET next_attempt_at = updated_at")
     with op.batch_alter_table("idempotency_keys", schema=None) as batch_op:
         batch_op.add_column(sa.Column("recovery_point", sa.String(length=16), server_default="STARTED", nullable=False))
+    # From this release the service stores an Idempotency-Key only as its SHA-256 (a header value is
+    # never stored as sent: it may hold anything, a card number included). Keys stored before are
+    # hashed the same way, so a retry that straddles the deploy still finds its request.
+    bind = op.get_bind()
+    if bind.dialect.name in ("mysql", "mariadb"):
+        op.execute("UPDATE idempotency_keys SET `key` = SHA2(`key`, 256)")
+    else:
+        rows = bind.execute(sa.text('SELECT id, "key" FROM idempotency_keys')).all()
+        for row_id, key in rows:
+            digest = hashlib.sha256(key.encode()).hexdigest()
+            bind.execute(sa.text('UPDATE idempotency_keys SET "key" = :k WHERE id = :id'), {"k": digest, "id": row_id})
 
 
 def downgrade() -> None:

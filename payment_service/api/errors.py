@@ -10,6 +10,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from werkzeug.exceptions import HTTPException
 
 from ..domain import errors as domain_errors
+from ..domain.cards import mask_card_numbers
 
 logger = logging.getLogger(__name__)
 
@@ -54,13 +55,14 @@ def problem(
     headers: dict[str, str] | None = None,
     **extra: Any,
 ) -> Response:
+    # A detail may quote what the caller sent (an id from the path, say); a card number is never echoed.
     body: dict[str, Any] = {
         "type": PROBLEM_TYPE_BASE + code,
         "title": title,
         "status": status,
-        "detail": detail or title,
+        "detail": mask_card_numbers(detail or title),
         "code": code,
-        "errors": errors or [],
+        "errors": [{k: mask_card_numbers(v) if isinstance(v, str) else v for k, v in e.items()} for e in errors or []],
     }
     body.update(extra)
     response = Response(json.dumps(body), status=status, mimetype="application/problem+json")

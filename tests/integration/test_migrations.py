@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
@@ -71,3 +73,40 @@ def test_constraints_the_contract_relies_on(fresh_database_url: str) -> None:
         assert ("status", "next_attempt_at") in indexes[table]
     assert ("user_id", "created_at", "id") in indexes["payments"]  # listing, velocity
     engine.dispose()
+
+
+@pytest.mark.parametrize("backend", ["mariadb", "sqlite"])
+def test_0003_hashes_stored_idempotency_keys(backend: str, request: pytest.FixtureRequest, tmp_path) -> None:
+    """Keys stored as sent before 0003 become their SHA-256, as the service now looks them up."""
+    import hashlib
+
+    from sqlalchemy import text
+
+    if backend == "mariadb":
+        from payment_service.localparts.mariadb import create_database_at, drop_database_at
+
+        server_url = request.getfixturevalue("database_url")
+        name = f"t_keys_{uuid.uuid4().hex[:12]}"
+        url = create_database_at(server_url, name)
+    else:
+        url = f"sqlite:///{tmp_path}/k.db"
+    migrate.upgrade(url, "0002")
+    engine = create_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text(
+                "INSERT INTO idempotency_keys (caller, `key`, method, path, request_hash, status, created_at, "
+                "expires_at) VALUES ('user:u_m', 'retry-me-1', 'POST', '/payments/topup', 'h', 'IN_PROGRESS', "
+                "'2026-12-01 10:00:00', '2026-12-02 10:00:00')".replace("`", "" if backend == "sqlite" else "`")
+            ))
+        migrate.upgrade(url)
+        with engine.connect() as conn:
+            stored = conn.execute(text("SELECT caller, recovery_point FROM idempotency_keys")).all()
+            keys = [r[0] for r in conn.execute(text("SELECT " + ("`key`" if backend == "mariadb" else '"key"')
+                                                    + " FROM idempotency_keys"))]
+        assert keys == [hashlib.sha256(b"retry-me-1").hexdigest()]
+        assert stored == [("user:u_m", "STARTED")]
+    finally:
+        engine.dispose()
+        if backend == "mariadb":
+            drop_database_at(server_url, name)

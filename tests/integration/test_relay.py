@@ -206,7 +206,7 @@ def test_card_number_payload_is_quarantined_never_sent(
     settings = relay_settings(engine, kafka_bootstrap)
     before, after = captured("u_q"), captured("u_q")
     write(engine, before)
-    # The writer refuses such an event (serialize_event); a row from elsewhere (a manual fix, a bug)
+    # The writer masks such an event (serialize_event); a row from elsewhere (a manual fix, a bug)
     # is what the relay's own guard is for.
     bad = captured("u_q")
     bad_doc = bad.to_cloudevent()

@@ -26,6 +26,12 @@ def app(tmp_path):
     def crash():
         raise RuntimeError("secret internals 4242424242424242")
 
+    @app.get("/_test/missing/<thing>")
+    def missing(thing):
+        from payment_service.domain.errors import NotFound
+
+        raise NotFound(f"thing {thing} not found", field=f"path {thing}")
+
     return app
 
 
@@ -91,6 +97,14 @@ PAN = "4242424242424242"  # Stripe's public test number
 def test_request_id_that_looks_like_a_card_number_is_replaced(client, incoming: str) -> None:
     rid = client.get("/healthz", headers={"X-Request-Id": incoming}).headers["X-Request-Id"]
     assert re.match(r"^req_[0-9a-f]{24}$", rid)
+
+
+def test_problem_details_never_echo_a_card_number(client) -> None:
+    resp = client.get(f"/_test/missing/{PAN}")
+    body = assert_problem(resp, 404, "not_found")
+    assert PAN not in resp.get_data(as_text=True)
+    assert body["detail"] == "thing [card ****4242] not found"
+    assert body["errors"] == [{"field": "path [card ****4242]", "message": "thing [card ****4242] not found"}]
 
 
 def test_no_card_number_in_log_lines_from_request_id_path_or_query(app) -> None:
