@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import base64
-from collections.abc import Collection
+import functools
+from collections.abc import Collection, Mapping
 from datetime import datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import Table, and_, bindparam, case, delete, func, insert, or_, select, update
+from sqlalchemy import Table, and_, bindparam, case, delete, func, insert, literal, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -289,6 +290,25 @@ _RECORD_TABLES: dict[str, tuple[Table, type[Any]]] = {
 }
 
 
+@functools.lru_cache(maxsize=256)
+def _move_statement_for(kind: str, target: str, allowed: tuple[str, ...], columns: tuple[str, ...]) -> Any:
+    table, _ = _RECORD_TABLES[kind]
+    # The status guard as literal comparisons, not IN (...): an IN list is an expanding parameter
+    # that SQLAlchemy re-renders on every execution; this statement is rendered once per shape.
+    guard = or_(*(table.c.status == literal(s) for s in allowed))
+    return (
+        update(table)
+        .where(table.c.id == bindparam("v_id"), guard)
+        .values(status=literal(target), **{c: bindparam(f"v_{c}") for c in columns})
+    )
+
+
+def _move_statement(kind: str, target: str, allowed: tuple[str, ...], changes: Mapping[str, Any]) -> Any:
+    # The hot path moves records with a handful of shapes: build each statement once (like the
+    # prebuilt statements above) instead of a new UPDATE per call.
+    return _move_statement_for(kind, target, allowed, tuple(changes))
+
+
 class SqlRecordRepository(abstract.RecordRepository):
     """Payments, refunds and withdrawals alike: guarded moves, claims and a sweep's bookkeeping.
 
@@ -310,12 +330,9 @@ class SqlRecordRepository(abstract.RecordRepository):
         return None if row is None else cls(**{n: row[n] for n in field_names(cls)})
 
     def move(self, move: lifecycle.Move[Any]) -> bool:
-        table, _ = _RECORD_TABLES[move.kind]
-        result = self.session.execute(
-            update(table)
-            .where(table.c.id == move.record_id, table.c.status.in_(move.allowed_from))
-            .values(status=move.target, **move.changes)
-        )
+        values = {f"v_{k}": v for k, v in move.changes.items()}
+        values["v_id"] = move.record_id
+        result = self.session.execute(_move_statement(move.kind, move.target, move.allowed_from, move.changes), values)
         moved = bool(result.rowcount == 1)  # type: ignore[attr-defined]
         if moved and move.event is not None:
             self.outbox.add(move.event)
