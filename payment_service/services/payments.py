@@ -193,13 +193,10 @@ class TopUpFlow:
     kind = lifecycle.PAYMENT
     prefix = ids.PAYMENT
 
-    def __init__(
-        self, cmd: TopUp, gateways: Mapping[str, Gateway], settings: PaymentSettings, now: Clock = utcnow
-    ) -> None:
+    def __init__(self, cmd: TopUp, gateways: Mapping[str, Gateway], settings: PaymentSettings) -> None:
         self.cmd = cmd
         self.gateways = gateways
         self.settings = settings
-        self.now = now
         self.method: PaymentMethod | None = None
 
     def create(self, uow: AbstractUnitOfWork, record_id: str, t: datetime, claimed_until: datetime) -> Payment:

@@ -123,9 +123,7 @@ class RefundFlow:
     kind = lifecycle.REFUND
     prefix = ids.REFUND
 
-    def __init__(
-        self, cmd: RefundPayment, gateways: Mapping[str, Gateway], settings: RefundSettings, now: Clock = utcnow
-    ) -> None:
+    def __init__(self, cmd: RefundPayment, gateways: Mapping[str, Gateway], settings: RefundSettings) -> None:
         self.cmd = cmd
         self.gateways = gateways
         self.settings = settings

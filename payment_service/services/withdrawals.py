@@ -157,10 +157,7 @@ class WithdrawalFlow:
     kind = lifecycle.WITHDRAWAL
     prefix = ids.WITHDRAWAL
 
-    def __init__(
-        self, cmd: RequestWithdrawal, gateways: Mapping[str, Gateway], settings: WithdrawalSettings,
-        now: Clock = utcnow,
-    ) -> None:
+    def __init__(self, cmd: RequestWithdrawal, gateways: Mapping[str, Gateway], settings: WithdrawalSettings) -> None:
         validate(cmd)
         self.cmd = cmd
         self.gateway = gateways[PAYOUT_GATEWAY]

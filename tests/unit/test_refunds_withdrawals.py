@@ -53,14 +53,14 @@ def gateways(gw) -> dict:
 def captured_payment(env, amount: int = 10_000, token: str = "pm_card_visa") -> svc.Payment:
     uow_factory, _, gw, clock = env
     cmd = svc.TopUp(user_id="u_1", amount=amount, currency="INR", gateway="stripe", token=token)
-    return run_flow(svc.TopUpFlow(cmd, {"stripe": gw}, SETTINGS, now=clock), uow_factory, now=clock)
+    return run_flow(svc.TopUpFlow(cmd, {"stripe": gw}, SETTINGS), uow_factory, now=clock)
 
 
 def refund(env, payment_id: str, amount: int | None = None, key: str | None = None):
     """POST /payments/{id}/refunds with Idempotency-Key `key` (a new one if None); the refund as stored."""
     uow_factory, _, gw, clock = env
     cmd = refunds.RefundPayment(payment_id=payment_id, amount=amount, reason="customer request")
-    flow = refunds.RefundFlow(cmd, gateways(gw), R_SETTINGS, now=clock)
+    flow = refunds.RefundFlow(cmd, gateways(gw), R_SETTINGS)
     return run_flow(flow, uow_factory, key=key, caller="client:wallet", now=clock)
 
 
@@ -364,11 +364,11 @@ def test_withdrawal_validation(env, mode, beneficiary, amount, currency, fields)
     uow_factory, store, gw, clock = env
     cmd = withdrawals.RequestWithdrawal("u_1", amount, currency, mode, Beneficiary(**beneficiary))
     if not fields:
-        flow = withdrawals.WithdrawalFlow(cmd, gateways(gw), W_SETTINGS, now=clock)
+        flow = withdrawals.WithdrawalFlow(cmd, gateways(gw), W_SETTINGS)
         assert run_flow(flow, uow_factory, now=clock).status == "PROCESSING"
         return
     with pytest.raises(ValidationFailed) as exc:
-        withdrawals.WithdrawalFlow(cmd, gateways(gw), W_SETTINGS, now=clock)
+        withdrawals.WithdrawalFlow(cmd, gateways(gw), W_SETTINGS)
     assert [e["field"] for e in exc.value.errors] == fields
     assert ACCOUNT not in json.dumps(exc.value.errors) + exc.value.detail
     assert store.withdrawals == {} and store.idem == {} and gw.payout_calls == []
@@ -383,7 +383,7 @@ def withdraw(env, mode: str = "IMPS", beneficiary: dict | None = None, amount: i
     uow_factory, _, gw, clock = env
     b = Beneficiary(**(beneficiary or (UPI if mode == "UPI" else BANK)))
     cmd = withdrawals.RequestWithdrawal("u_1", amount, "INR", mode, b)
-    flow = withdrawals.WithdrawalFlow(cmd, gateways(gw), W_SETTINGS, now=clock)
+    flow = withdrawals.WithdrawalFlow(cmd, gateways(gw), W_SETTINGS)
     return run_flow(flow, uow_factory, key=key, now=clock)
 
 

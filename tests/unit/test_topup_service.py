@@ -35,7 +35,7 @@ def flow(env, token="pm_card_visa", amount=5000, user="u_1", device=None, settin
     _, _, gw, default_settings, clock = env
     cmd = svc.TopUp(user_id=user, amount=amount, currency="INR", gateway=kw.pop("gateway", "stripe"), token=token,
                     device_id=device, **kw)
-    return svc.TopUpFlow(cmd, {"stripe": gw}, settings or default_settings, now=clock)
+    return svc.TopUpFlow(cmd, {"stripe": gw}, settings or default_settings)
 
 
 def topup(env, token="pm_card_visa", amount=5000, user="u_1", device=None, key=None, **kw) -> svc.Payment:

@@ -30,7 +30,7 @@ def env():
 def topup(env, token: str = "pm_card_visa", amount: int = 5000, key: str | None = None) -> svc.Payment:
     uow_factory, _, gw, clock = env
     cmd = svc.TopUp(user_id="u_1", amount=amount, currency="INR", gateway="stripe", token=token)
-    return run_flow(svc.TopUpFlow(cmd, {"stripe": gw}, SETTINGS, now=clock), uow_factory, key=key, now=clock)
+    return run_flow(svc.TopUpFlow(cmd, {"stripe": gw}, SETTINGS), uow_factory, key=key, now=clock)
 
 
 def start_3ds(env) -> svc.Payment:
