@@ -1,19 +1,21 @@
 """Benchmark: the outbox relay's throughput against a bare producer, and its commit-to-ack latency.
 
-Not a test: it prints figures. It starts its own MariaDB and Tansu broker (or uses TEST_DATABASE_URL
-and TEST_KAFKA_BOOTSTRAP_SERVERS), then:
+Not a test: it prints figures. It starts its own MariaDB (binary log on, ROW) and Tansu broker (or
+uses TEST_DATABASE_URL and TEST_KAFKA_BOOTSTRAP_SERVERS), then:
 
 1. throughput: pre-fills N outbox rows (CloudEvents payloads as the services write them, over
-   `--users` users) and times the relay draining them to the broker, every row marked published;
-   in the same run a bare idempotent confluent-kafka producer sends the same messages (key, value,
-   headers precomputed) to give the ceiling. Prints both and the ratio.
-2. latency: writer processes commit one event per transaction at a steady `--rate` for
-   `--seconds` while the relay runs; the relay's `on_delivered` hook stamps each broker ack, the
-   writers stamp each commit. Prints commit-to-ack p50/p95/p99, and beside it broker-to-consumer
-   (a TopicReader in another process: Tansu's fetch path adds a few hundred ms, that part is the broker's).
+   `--users` users), then `--rounds` times: a bare idempotent confluent-kafka producer sends the same
+   messages (key, value, headers precomputed: the ceiling), and a new relay drains the rows (reset to
+   unpublished) until every row is marked published, its start included. Prints each round and the
+   medians; the ratio is the relay's share of the ceiling.
+2. latency: writer processes commit one event per transaction at a steady `--rate` for `--seconds`
+   while the relay runs, once woken by the binlog and once polling (no binlog), side by side; the
+   relay's `on_delivered` hook stamps each broker ack, the writers stamp each commit. Prints
+   commit-to-ack p50/p95/p99, and broker-to-consumer (a TopicReader in another process: Tansu's fetch
+   path adds a few hundred ms, that part is the broker's).
 
-    .venv/bin/python bench/relay.py [--events 20000] [--rate 1000] [--seconds 10] [--batch-size 5000]
-                                    [--poll-ms 5] [--linger-ms 5] [--writers 4] [--durable]
+    .venv/bin/python bench/relay.py [--events 20000] [--rounds 3] [--rate 1000] [--seconds 10]
+                                    [--batch-size 5000] [--poll-ms 5] [--linger-ms 5] [--writers 4] [--durable]
 
 BENCH_DEBUG=1 also lists the events slower than 50 ms (when, and how slow).
 """
@@ -35,11 +37,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from confluent_kafka import Producer  # noqa: E402
-from sqlalchemy import Engine, func, insert, select  # noqa: E402
+from sqlalchemy import Engine, func, insert, select, update  # noqa: E402
 from sqlalchemy.orm import Session  # noqa: E402
 
 from config import load_settings  # noqa: E402
 from payment_service.adapters import migrate  # noqa: E402
+from payment_service.adapters.kafka_publisher import CONTENT_TYPE, Delivered, sign  # noqa: E402
 from payment_service.adapters.orm import OutboxEventRow  # noqa: E402
 from payment_service.adapters.outbox import serialize_event  # noqa: E402
 from payment_service.adapters.repository import SqlOutboxRepository  # noqa: E402
@@ -48,7 +51,7 @@ from payment_service.domain.events import Event, EventType  # noqa: E402
 from payment_service.localparts.broker import TansuBroker, create_topic  # noqa: E402
 from payment_service.localparts.kafka_testing import TopicReader  # noqa: E402
 from payment_service.localparts.mariadb import MariaDBServer  # noqa: E402
-from payment_service.worker.relay import CONTENT_TYPE, Delivered, OutboxRelay, sign  # noqa: E402
+from payment_service.worker.relay import OutboxRelay  # noqa: E402
 
 SIGNING_KEY = "bench-signing-key"
 
@@ -174,6 +177,7 @@ def main() -> None:
     ap.add_argument("--poll-ms", type=float, default=5, help="relay poll interval when idle")
     ap.add_argument("--linger-ms", type=int, default=5, help="linger.ms of both producers (the relay's default: 5)")
     ap.add_argument("--durable", action="store_true", help="MariaDB with fsync at each commit (default: relaxed)")
+    ap.add_argument("--rounds", type=int, default=3, help="throughput rounds (bare producer, then relay), median")
     args = ap.parse_args()
 
     started = time.monotonic()
@@ -217,10 +221,11 @@ def run(args: argparse.Namespace, db_url: str, bootstrap: str) -> None:
         return load_settings(env={}, DATABASE_URL=db_url, KAFKA_BOOTSTRAP_SERVERS=bootstrap, EVENTS_TOPIC=topic,
                              EVENT_SIGNING_KEY=SIGNING_KEY, EVENT_SIGNING_KEY_ID="bench-1")
 
-    print(f"cpus: {os.cpu_count()}; database: MariaDB ({'durable' if args.durable else 'relaxed fsync'}); "
+    print(f"cpus: {os.cpu_count()}; load average {os.getloadavg()[0]:.2f}; database: MariaDB "
+          f"({'durable' if args.durable else 'relaxed fsync'}, binlog ROW); "
           f"broker: {'Tansu (memory)' if not os.environ.get('TEST_KAFKA_BOOTSTRAP_SERVERS') else bootstrap}")
 
-    # 1. throughput --------------------------------------------------------------------------
+    # 1. throughput: rounds of the bare producer and the relay, alternated, so machine noise hits both --
     prefill(engine, args.events, args.users)
     with engine.connect() as conn:
         rows = list(conn.execute(select(OutboxEventRow.user_id, OutboxEventRow.payload, OutboxEventRow.event_id,
@@ -232,51 +237,85 @@ def run(args: argparse.Namespace, db_url: str, bootstrap: str) -> None:
             ("event_id", event_id.encode()), ("event_type", event_type.encode()),
             ("signature", sign(value, SIGNING_KEY).encode()), ("signature_key_id", b"bench-1"),
             ("content-type", CONTENT_TYPE)]))
-    raw_topic, relay_topic, latency_topic = (f"bench.{name}.{tag}" for name in ("raw", "relay", "latency"))
-    for topic in (raw_topic, relay_topic, latency_topic):
-        create_topic(bootstrap, topic, partitions=6)
-    raw = raw_ceiling(bootstrap, raw_topic, messages, args.linger_ms)
-    del messages
-
     total = args.events
-    done = threading.Event()
-    count = [0]
+    raws: list[float] = []
+    drains: list[float] = []
+    confirms: list[float] = []
+    batch_size = 0
+    for round_ in range(args.rounds):
+        raw_topic, relay_topic = (f"bench.{name}.{tag}.{round_}" for name in ("raw", "relay"))
+        for topic in (raw_topic, relay_topic):
+            create_topic(bootstrap, topic, partitions=6)
+        raws.append(raw_ceiling(bootstrap, raw_topic, messages, args.linger_ms))
+        if round_:
+            with engine.begin() as conn:  # the same rows again, unpublished
+                conn.execute(update(OutboxEventRow).values(published_at=None))
+        confirmed = threading.Event()
+        count = [0]
 
-    def on_delivered(batch: Any) -> None:
-        count[0] += len(batch)
-        if count[0] >= total:
-            done.set()
+        def on_delivered(batch: Any, count: list[int] = count, confirmed: threading.Event = confirmed) -> None:
+            count[0] += len(batch)
+            if count[0] >= total:
+                confirmed.set()
 
-    relay = OutboxRelay(engine, settings_for(relay_topic), on_delivered=on_delivered, **relay_kw)
-    thread = threading.Thread(target=relay.run, daemon=True)
-    t0 = time.perf_counter()
-    thread.start()
-    finished = done.wait(max(60.0, total / 500))
-    elapsed = time.perf_counter() - t0
-    relay.stop()
-    thread.join(30)
-    assert finished, f"relay published {count[0]} of {total} in {elapsed:.0f} s"
-    assert published(engine) == total
-    relay_rate = total / elapsed
-    print(f"\nthroughput, {total} pre-filled rows, {args.users} users, batch {relay.batch_size}, "
-          f"linger.ms {args.linger_ms}")
+        relay = OutboxRelay(engine, settings_for(relay_topic), on_delivered=on_delivered, **relay_kw)
+        batch_size = relay.batch_size
+        thread = threading.Thread(target=relay.run, daemon=True)
+        t0 = time.perf_counter()
+        thread.start()  # the relay's start (lease, binlog, topic, producer) counts, as the bare producer's does
+        finished = confirmed.wait(max(60.0, total / 500))
+        confirmed_after = time.perf_counter() - t0
+        deadline = time.monotonic() + 60
+        while relay.published_count < total and time.monotonic() < deadline:
+            time.sleep(0.001)
+        elapsed = time.perf_counter() - t0
+        relay.stop()
+        thread.join(30)
+        assert finished, f"relay published {count[0]} of {total} in {elapsed:.0f} s"
+        assert published(engine) == total
+        drains.append(total / elapsed)
+        confirms.append(total / confirmed_after)
+        print(f"  round {round_ + 1}: bare producer {raws[-1]:8,.0f}/s; relay {drains[-1]:8,.0f}/s marked "
+              f"({confirms[-1]:,.0f}/s confirmed by the broker)")
+    del messages
+    raw, drain, confirm = statistics.median(raws), statistics.median(drains), statistics.median(confirms)
+    print(f"\nthroughput, {total} pre-filled rows, {args.users} users, batch {batch_size}, "
+          f"linger.ms {args.linger_ms}, median of {args.rounds} rounds")
     print(f"  bare idempotent producer (ceiling) {raw:10,.0f} events/s")
-    print(f"  relay (drained, marked published)  {relay_rate:10,.0f} events/s   "
-          f"({relay_rate / raw:.0%} of the ceiling)")
+    print(f"  relay, every row marked published  {drain:10,.0f} events/s   ({drain / raw:.0%} of the ceiling)")
+    print(f"  relay, every row confirmed         {confirm:10,.0f} events/s   ({confirm / raw:.0%})")
 
-    # 2. commit-to-ack latency at a steady rate ----------------------------------------------
+    # 2. commit-to-ack latency at a steady rate, woken by the binlog and by polling -------------------
+    results = [latency(args, engine, db_url, bootstrap, settings_for, relay_kw, binlog=mode, tag=tag)
+               for mode in (True, False)]
+    print(f"\nlatency, events committed one per transaction by {args.writers} writers at {args.rate:,.0f} "
+          f"events/s for {args.seconds:.0f} s (ms)")
+    print(f"  {'':34s}{'p50':>8s}{'p95':>8s}{'p99':>8s}{'max':>8s}")
+    for label, values in results:
+        for name, series in values:
+            if series:
+                print(f"  {label + ', ' + name:34s}{pct(series, 50):8.1f}{pct(series, 95):8.1f}"
+                      f"{pct(series, 99):8.1f}{max(series):8.1f}")
+    engine.dispose()
+
+
+def latency(args: argparse.Namespace, engine: Engine, db_url: str, bootstrap: str, settings_for: Any,
+            relay_kw: dict[str, Any], *, binlog: bool, tag: str) -> tuple[str, list[tuple[str, list[float]]]]:
     ctx = mp.get_context("spawn")
     acks: dict[str, float] = {}
+    latency_topic = f"bench.latency.{'binlog' if binlog else 'poll'}.{tag}"
+    create_topic(bootstrap, latency_topic, partitions=6)
 
     def record_acks(batch: list[Delivered]) -> None:
         for d in batch:
             acks[d.event_id] = d.acked_at
 
-    relay = OutboxRelay(engine, settings_for(latency_topic), on_delivered=record_acks, **relay_kw)
+    relay = OutboxRelay(engine, settings_for(latency_topic), on_delivered=record_acks, binlog=binlog, **relay_kw)
     thread = threading.Thread(target=relay.run, daemon=True)
     thread.start()
-    while not relay.is_leader:  # the previous relay released the lease: this one leads at once
+    while not relay.is_leader or not relay.waker.announced:  # the previous relay released the lease
         time.sleep(0.01)
+    mode = relay.wake_mode
     results: Any = ctx.Queue()
     received_q: Any = ctx.Queue()
     ready: Any = ctx.Queue()
@@ -309,21 +348,21 @@ def run(args: argparse.Namespace, db_url: str, bootstrap: str) -> None:
 
     span = max(commits.values()) - min(commits.values()) if commits else 0.0
     commit_to_ack = [1000 * (acks[e] - c) for e, c in commits.items() if e in acks]
+    # Polling starts from its idle pace (a relay idle before the run): the first events wait for it.
+    steady_from = min(commits.values()) + 1.0 if commits else 0.0
+    steady = [1000 * (acks[e] - c) for e, c in commits.items() if e in acks and c >= steady_from]
     ack_to_consumer = [1000 * (received[e] - acks[e]) for e in commits if e in received and e in acks]
-    print(f"\nlatency, {len(commits)} events committed one per transaction by {args.writers} writers "
-          f"at {len(commits) / span if span else 0:,.0f} events/s (asked {args.rate:,.0f}) for {args.seconds:.0f} s; "
-          f"poll {args.poll_ms:g} ms")
-    print(f"  acked {len(commit_to_ack)} of {len(commits)}; read back {len(ack_to_consumer)}")
+    label = "binlog" if mode == "binlog" else "polling"
+    print(f"\nlatency ({label}): {len(commits)} events at {len(commits) / span if span else 0:,.0f} events/s; "
+          f"acked {len(commit_to_ack)}, read back {len(ack_to_consumer)}")
     if os.environ.get("BENCH_DEBUG"):
         t_first = min(commits.values())
         slow = sorted((round(c - t_first, 2), round(1000 * (acks[e] - c))) for e, c in commits.items()
                       if e in acks and acks[e] - c > 0.05)
         print("  slow (s after start, ms):", slow[:40], len(slow))
-    for name, values in (("commit -> broker ack", commit_to_ack), ("broker ack -> consumer (Tansu)", ack_to_consumer)):
-        if values:
-            print(f"  {name:32s} p50 {pct(values, 50):8.1f} ms  p95 {pct(values, 95):8.1f} ms  "
-                  f"p99 {pct(values, 99):8.1f} ms  max {max(values):8.1f} ms  mean {statistics.fmean(values):8.1f} ms")
-    engine.dispose()
+    assert binlog == (mode == "binlog"), f"asked binlog={binlog}, the relay ran in {mode} mode"
+    return label, [("commit -> broker ack", commit_to_ack), ("  after the first second", steady),
+                   ("broker ack -> consumer", ack_to_consumer)]
 
 
 if __name__ == "__main__":

@@ -1,11 +1,19 @@
-"""Benchmark: captured top-ups per second and latency at rising concurrency, against raw-SQL ceilings.
+"""Benchmark: captured top-ups per second and latency at rising concurrency, with and without a slow gateway.
 
 Not a test: it prints figures. It starts its own MariaDB (or uses TEST_DATABASE_URL), the gateway
-sandbox as its own process (zero added latency unless --gateway-latency-ms), and
-`payment-service serve`; then, for each concurrency level, drives POST /payments/topup for a fixed
-time. At the same level, in the same run, it issues one top-up's SQL directly with PyMySQL from as
-many clients, two ways (bench/_rawsql.py), with the same gateway latency as a sleep between
-transactions:
+sandbox as its own process, and `payment-service serve`; then, for each concurrency level, drives
+POST /payments/topup from that many clients (one asyncio loop, keep-alive connections) and counts
+the answers that land in a fixed window after a warm-up.
+
+With `--gateway-latency-ms N` one run measures the service twice, on the same processes and data:
+first with the sandbox answering at once, then with every charge (POST .../payment_intents) held N ms
+by a sandbox `latency` fault; it prints the two side by side, the zero-latency peak, the peak at N ms
+and their ratio (issue 10's target: >= 90 % at 300 ms), then drives an open-loop, paced load of
+`--paced-load` x the zero-latency peak at N ms and prints its p99 (target < 600 ms at 0.8).
+
+At the levels up to `--raw-max-clients` (each raw client holds a database connection), it also runs
+one top-up's SQL directly with PyMySQL from as many clients, two ways (bench/_rawsql.py), with the
+same gateway latency as a sleep between transactions:
 
 - raw SQL, 4 tx (yardstick): the statements of 2026-11-21's top-up in its transactions. Fixed,
   so the service's share of it compares across commits (issue 9's target: >= 30 %).
@@ -13,8 +21,8 @@ transactions:
 
 Run:
 
-    .venv/bin/python bench/topup.py [--seconds 8] [--levels 1,2,4,8,16,32] [--workers 2 --threads 8]
-                                    [--gateway-latency-ms 0] [--raw-only]
+    .venv/bin/python bench/topup.py [--seconds 10] [--levels 1,16,64,128,256,1000] [--gateway-latency-ms 300]
+                                    [--workers 2 --worker-class gevent] [--no-raw] [--paced-load 0.8]
 """
 
 from __future__ import annotations
@@ -23,12 +31,14 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import sys
 import tempfile
 import threading
 import time
 import urllib.request
 import uuid
+from collections import Counter
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -50,6 +60,7 @@ from tests.support.processes import VENV_BIN, ServiceProcess  # noqa: E402
 # Keep-alive connections, as a wallet backend or a load balancer would hold them; BENCH_FORCE_CLOSE=1
 # opens a connection per request instead.
 FORCE_CLOSE = os.environ.get("BENCH_FORCE_CLOSE", "0") == "1"
+BODY = json.dumps({"amount": 1000, "currency": "INR", "gateway": "stripe", "token": "pm_card_visa"})
 
 
 def pct(values: list[float], p: float) -> float:
@@ -60,8 +71,15 @@ def pct(values: list[float], p: float) -> float:
 
 
 def token(sub: str) -> str:
-    return jwt.encode({"sub": sub, "aud": "payment-service", "exp": int(time.time()) + 3600}, DEV_JWT_SECRET,
+    return jwt.encode({"sub": sub, "aud": "payment-service", "exp": int(time.time()) + 7200}, DEV_JWT_SECRET,
                       algorithm="HS256")
+
+
+def load_average() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "?"
 
 
 def run_level(fn, concurrency: int, seconds: float) -> tuple[int, list[float], int]:
@@ -102,37 +120,121 @@ def run_level(fn, concurrency: int, seconds: float) -> tuple[int, list[float], i
     return ok, latencies, errors
 
 
-async def _http_level(api_url: str, concurrency: int, seconds: float) -> tuple[int, list[float], int]:
-    """The HTTP load from one asyncio loop: a cheap client, so the server gets the cores, not the client."""
-    ok = errors = 0
-    latencies: list[float] = []
-    body = json.dumps({"amount": 1000, "currency": "INR", "gateway": "stripe", "token": "pm_card_visa"})
-    connector = aiohttp.TCPConnector(limit=concurrency, force_close=FORCE_CLOSE)
-    async with aiohttp.ClientSession(connector=connector) as session:
-
-        async def user_loop(i: int) -> None:
-            nonlocal ok, errors
-            auth = f"Bearer {token(f'bench_{i}_{uuid.uuid4().hex[:6]}')}"
-            while time.perf_counter() < stop_at:
-                headers = {"Authorization": auth, "Idempotency-Key": uuid.uuid4().hex,
-                           "Content-Type": "application/json"}
-                t0 = time.perf_counter()
-                async with session.post(f"{api_url}/payments/topup", data=body, headers=headers) as resp:
-                    await resp.read()
-                    latencies.append(time.perf_counter() - t0)
-                    if resp.status == 201:
-                        ok += 1
-                    else:
-                        errors += 1
-
-        stop_at = time.perf_counter() + seconds
-        await asyncio.gather(*(user_loop(i) for i in range(concurrency)))
-    return ok, latencies, errors
+# --- the HTTP load ---------------------------------------------------------------------------------
 
 
-def http_level(api_url: str, concurrency: int, seconds: float) -> tuple[int, list[float], int]:
-    return asyncio.run(_http_level(api_url, concurrency, seconds))
+class Window:
+    """Answers that land between `start` and `stop` count; the warm-up before and the drain after do not
+    (at 1,000 clients an answer takes seconds, so a fixed count of requests would measure the ramp)."""
 
+    def __init__(self, start: float, stop: float) -> None:
+        self.start, self.stop = start, stop
+        self.ok = 0
+        self.latencies: list[float] = []
+        self.errors: Counter[str] = Counter()
+        self.in_flight = self.max_in_flight = 0
+
+    def begin(self) -> None:
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+
+    def end(self, t0: float, outcome: str) -> None:
+        self.in_flight -= 1
+        done = time.perf_counter()
+        if outcome != "201":
+            self.errors[outcome] += 1  # an error anywhere in the run counts, warm-up and drain included
+        elif self.start <= done <= self.stop:
+            self.ok += 1
+            self.latencies.append(done - t0)
+
+
+async def _post(session: aiohttp.ClientSession, api_url: str, auth: str, window: Window, t0: float) -> None:
+    headers = {"Authorization": auth, "Idempotency-Key": uuid.uuid4().hex, "Content-Type": "application/json"}
+    window.begin()
+    try:
+        async with session.post(f"{api_url}/payments/topup", data=BODY, headers=headers) as resp:
+            body = await resp.read()
+            outcome = str(resp.status)
+            if resp.status != 201:
+                try:
+                    outcome += " " + str(json.loads(body).get("code"))
+                except ValueError:
+                    pass
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        outcome = f"{type(exc).__name__}: {str(exc)[:60]}"
+    window.end(t0, outcome)
+
+
+class MetricsSampler:
+    """Reads the API's /metrics every 2 s during a level: the most database connections checked out,
+    and the most callers waiting for one, that it saw. (A scrape is not free: /metrics also counts open
+    records and the outbox backlog in the database.)"""
+
+    NAMES = ("db_pool_checked_out", "db_pool_waiters")
+
+    def __init__(self, api_url: str) -> None:
+        self.url = api_url + "/metrics"
+        self.max = dict.fromkeys(self.NAMES, 0.0)
+
+    async def run(self, session: aiohttp.ClientSession, stop: float) -> None:
+        while time.perf_counter() < stop:
+            try:
+                async with session.get(self.url) as resp:
+                    text = await resp.text()
+                for name in self.NAMES:
+                    m = re.search(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.M)
+                    if m:
+                        self.max[name] = max(self.max[name], float(m.group(1)))
+            except (TimeoutError, aiohttp.ClientError):
+                pass
+            await asyncio.sleep(2.0)
+
+
+def _session(limit: int) -> aiohttp.ClientSession:
+    connector = aiohttp.TCPConnector(limit=limit, force_close=FORCE_CLOSE)
+    return aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=120))
+
+
+async def _closed_loop(api_url: str, clients: int, warmup: float, seconds: float) -> tuple[Window, MetricsSampler]:
+    """`clients` users, each sending its next top-up as soon as the last one is answered."""
+    auths = [f"Bearer {token(f'bench_{i}_{uuid.uuid4().hex[:6]}')}" for i in range(clients)]
+    now = time.perf_counter()
+    window = Window(now + warmup, now + warmup + seconds)
+    sampler = MetricsSampler(api_url)
+    async with _session(clients) as session, _session(2) as probe:
+
+        async def user(i: int) -> None:
+            while time.perf_counter() < window.stop:
+                await _post(session, api_url, auths[i], window, time.perf_counter())
+
+        await asyncio.gather(sampler.run(probe, window.stop), *(user(i) for i in range(clients)))
+    return window, sampler
+
+
+async def _paced(api_url: str, rate: float, warmup: float, seconds: float, users: int = 1000) -> Window:
+    """An open loop: top-ups arrive every 1/rate s whatever happens to the earlier ones (a real crowd
+    does not wait for the last answer). Latency counts from when a request was due, so a client that
+    fell behind cannot hide a slow server."""
+    auths = [f"Bearer {token(f'paced_{i}_{uuid.uuid4().hex[:6]}')}" for i in range(users)]
+    start = time.perf_counter()
+    window = Window(start + warmup, start + warmup + seconds)
+    tasks: list[asyncio.Task[None]] = []
+    async with _session(5000) as session:
+        k = 0
+        while True:
+            due = start + k / rate
+            if due >= window.stop:
+                break
+            delay = due - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(_post(session, api_url, auths[k % users], window, due)))
+            k += 1
+        await asyncio.gather(*tasks)
+    return window
+
+
+# --- rows and tables -------------------------------------------------------------------------------
 
 SERVICE = "service"
 RAW_4TX = "raw SQL, 4 tx (yardstick)"
@@ -140,44 +242,71 @@ RAW_2TX = "raw SQL, 2 tx (minimum)"
 NAME_W = len(RAW_4TX)
 
 
-def summarize(name: str, level: int, ok: int, lat: list[float], errors: int, seconds: float) -> dict:
+def summarize(name: str, level: int, ok: int, lat: list[float], errors: int, seconds: float, **extra) -> dict:
     row = {"name": name, "concurrency": level, "per_s": ok / seconds, "p50_ms": pct(lat, 50) * 1000,
-           "p95_ms": pct(lat, 95) * 1000, "p99_ms": pct(lat, 99) * 1000, "errors": errors}
-    print(f"{name:{NAME_W}s} c={level:3d}  {row['per_s']:8.1f}/s  p50 {row['p50_ms']:7.1f} ms"
-          f"  p95 {row['p95_ms']:7.1f} ms  p99 {row['p99_ms']:7.1f} ms  errors {errors}", flush=True)
+           "p95_ms": pct(lat, 95) * 1000, "p99_ms": pct(lat, 99) * 1000, "errors": errors, **extra}
+    more = "".join(f"  {k} {v}" for k, v in extra.items())
+    print(f"{name:{NAME_W}s} c={level:4d}  {row['per_s']:8.1f}/s  p50 {row['p50_ms']:7.1f} ms"
+          f"  p95 {row['p95_ms']:7.1f} ms  p99 {row['p99_ms']:7.1f} ms  errors {errors}{more}", flush=True)
     return row
+
+
+def service_row(level: int, window: Window, sampler: MetricsSampler, seconds: float) -> dict:
+    errors = sum(window.errors.values())
+    extra = {"db_conns_max": int(sampler.max["db_pool_checked_out"]),
+             "db_waiters_max": int(sampler.max["db_pool_waiters"])}
+    if errors:
+        extra["error_kinds"] = dict(window.errors)
+    return summarize(SERVICE, level, window.ok, window.latencies, errors, seconds, **extra)
 
 
 def share(part: float, whole: float) -> str:
     return f"{part / whole * 100:5.1f} %" if whole else "    - "
 
 
-def slow_gateway(sandbox_url: str, latency_ms: int) -> None:
-    """Every charge (POST .../payment_intents) waits latency_ms in the sandbox, then proceeds normally."""
+def sandbox_faults(sandbox_url: str, latency_ms: int) -> None:
+    """No fault at 0; otherwise every charge (POST .../payment_intents) waits latency_ms, then proceeds."""
+    req = urllib.request.Request(f"{sandbox_url}/_sandbox/faults", method="DELETE")
+    with urllib.request.urlopen(req, timeout=10):  # noqa: S310 - our own local sandbox
+        pass
+    if latency_ms <= 0:
+        return
     rule = {"mode": "latency", "method": "POST", "path": r"/v1/payment_intents$", "latency_ms": latency_ms,
             "remaining": None}
     req = urllib.request.Request(f"{sandbox_url}/_sandbox/faults", data=json.dumps(rule).encode(),
                                  headers={"Content-Type": "application/json"}, method="POST")
-    with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310 - our own local sandbox
+    with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310
         if resp.status != 201:
             raise RuntimeError(f"sandbox refused the latency rule: {resp.status}")
 
 
+def peak(rows: list[dict]) -> dict:
+    return max(rows, key=lambda row: row["per_s"])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--seconds", type=float, default=8.0, help="duration of each line at each level")
-    ap.add_argument("--levels", default="1,2,4,8,16,32", help="concurrency levels, comma-separated")
+    ap.add_argument("--seconds", type=float, default=10.0, help="measured window of each level")
+    ap.add_argument("--warmup", type=float, default=3.0,
+                    help="seconds before the window (at least clients/150: a deep queue needs time to settle)")
+    ap.add_argument("--levels", default="1,16,64,128,256,1000", help="concurrency levels, comma-separated")
     ap.add_argument("--workers", type=int, default=2, help="API gunicorn workers")
-    ap.add_argument("--threads", type=int, default=8, help="API threads per worker")
-    ap.add_argument("--worker-class", default="gthread")
+    ap.add_argument("--worker-class", default="gevent", help="gevent (default of serve), gthread or sync")
+    ap.add_argument("--threads", type=int, default=8, help="gthread: API threads per worker")
+    ap.add_argument("--worker-connections", type=int, default=1000, help="gevent: connections per worker")
     ap.add_argument("--gateway-latency-ms", type=int, default=0,
-                    help="simulated gateway latency per charge: a sandbox latency rule for the service, "
-                         "a sleep between transactions for the raw-SQL lines (default 0)")
-    ap.add_argument("--raw-only", action="store_true",
-                    help="run only the two raw-SQL lines (no sandbox, no API)")
+                    help="also run every level with this gateway latency per charge (a sandbox latency rule for "
+                         "the service, a sleep between transactions for the raw-SQL lines), after the 0 ms run")
+    ap.add_argument("--paced-load", type=float, default=0.8,
+                    help="with --gateway-latency-ms: an open-loop run at this fraction of the zero-latency peak "
+                         "(0: none)")
+    ap.add_argument("--raw-max-clients", type=int, default=64,
+                    help="run the raw-SQL lines only at levels up to this (each raw client holds a connection)")
+    ap.add_argument("--no-raw", action="store_true", help="no raw-SQL lines")
+    ap.add_argument("--raw-only", action="store_true", help="run only the two raw-SQL lines (no sandbox, no API)")
     args = ap.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
-    latency_s = args.gateway_latency_ms / 1000.0
+    latencies = [0] + ([args.gateway_latency_ms] if args.gateway_latency_ms > 0 else [])
 
     server = None
     url = os.environ.get("TEST_DATABASE_URL")
@@ -191,7 +320,10 @@ def main() -> None:
           "database": parts.path.lstrip("/")}
 
     sandbox = api = None
-    rows: dict[str, list[dict]] = {SERVICE: [], RAW_4TX: [], RAW_2TX: []}
+    sandbox_url = api_url = ""
+    rows: dict[int, dict[str, list[dict]]] = {lat: {SERVICE: [], RAW_4TX: [], RAW_2TX: []} for lat in latencies}
+    paced: dict | None = None
+    load_before = load_average()
     try:
         if not args.raw_only:
             sb_port, api_port = free_port(), free_port()
@@ -199,38 +331,57 @@ def main() -> None:
                                      REPO, tmp / "sandbox.log")
             env = {
                 "DATABASE_URL": url, "STRIPE_API_BASE": f"http://127.0.0.1:{sb_port}/stripe",
-                "RAZORPAY_API_BASE": f"http://127.0.0.1:{sb_port}/razorpay", "READYZ_CHECK_BROKER": "false",
+                "RAZORPAY_API_BASE": f"http://127.0.0.1:{sb_port}/razorpay",
                 "RATE_LIMIT_USER": "1000000/minute", "RISK_VELOCITY_MAX_ATTEMPTS": "100000000",
                 "RISK_VELOCITY_MAX_AMOUNT": "100000000000000", "LOG_LEVEL": "WARNING",
             }
             api = ServiceProcess([str(VENV_BIN / "payment-service"), "serve", "--bind", f"127.0.0.1:{api_port}",
-                                  "--workers", str(args.workers), "--threads", str(args.threads),
-                                  "--worker-class", args.worker_class], env, REPO, tmp / "api.log")
-            api_url = f"http://127.0.0.1:{api_port}"
-            sandbox.wait_http(f"http://127.0.0.1:{sb_port}/")
+                                  "--workers", str(args.workers), "--worker-class", args.worker_class,
+                                  "--threads", str(args.threads), "--worker-connections",
+                                  str(args.worker_connections)], env, REPO, tmp / "api.log")
+            api_url, sandbox_url = f"http://127.0.0.1:{api_port}", f"http://127.0.0.1:{sb_port}"
+            sandbox.wait_http(sandbox_url + "/")
             api.wait_http(api_url + "/healthz")
-            if args.gateway_latency_ms > 0:
-                slow_gateway(f"http://127.0.0.1:{sb_port}", args.gateway_latency_ms)
-            print(f"MariaDB {url.split('@')[-1]}, sandbox :{sb_port}, API :{api_port} "
-                  f"({args.workers} workers x {args.threads} threads), ", end="")
+            shape = (f"{args.workers} x {args.worker_class}, "
+                     + (f"{args.worker_connections} connections" if args.worker_class == "gevent"
+                        else f"{args.threads} threads"))
+            print(f"MariaDB {url.split('@')[-1]}, sandbox :{sb_port}, API :{api_port} ({shape}), ", end="")
         else:
             print(f"raw SQL only; MariaDB {url.split('@')[-1]}, ", end="")
-        print(f"{args.seconds:g} s per line per level, gateway latency {args.gateway_latency_ms} ms, "
-              f"{os.cpu_count()} cores; logs in {tmp}\n")
+        print(f"window {args.seconds:g} s per level after a warm-up, gateway latency {latencies} ms, "
+              f"{os.cpu_count()} cores, load average {load_before}; logs in {tmp}\n", flush=True)
         if api is not None:
-            http_level(api_url, 2, 2.0)  # warm-up: connections, caches
-        # Side by side: at each level the three lines run one after the other, on the same data.
+            sandbox_faults(sandbox_url, 0)
+            asyncio.run(_closed_loop(api_url, 4, 0.0, 2.0))  # warm-up: connections, caches
+        # Level by level, each latency in turn: the two columns of a level are measured a minute apart, so
+        # a change in the machine's load (other work on it) falls on both rather than on one column.
         for c in levels:
-            if api is not None:
-                rows[SERVICE].append(summarize(SERVICE, c, *http_level(api_url, c, args.seconds), args.seconds))
-            rows[RAW_4TX].append(summarize(RAW_4TX, c, *run_level(yardstick_4tx(db, latency_s), c, args.seconds),
-                                           args.seconds))
-            rows[RAW_2TX].append(summarize(RAW_2TX, c, *run_level(minimum_2tx(db, latency_s), c, args.seconds),
-                                           args.seconds))
-            if api is not None:
-                s = rows[SERVICE][-1]["per_s"]
-                print(f"{'':{NAME_W}s} c={c:3d}  service share: {share(s, rows[RAW_4TX][-1]['per_s'])} of 4 tx, "
-                      f"{share(s, rows[RAW_2TX][-1]['per_s'])} of 2 tx", flush=True)
+            for lat in latencies:
+                if len(latencies) > 1:
+                    print(f"[gateway latency {lat} ms, load average {load_average()}]", flush=True)
+                if api is not None:
+                    sandbox_faults(sandbox_url, lat)
+                    warmup = max(args.warmup, c / 150)
+                    window, sampler = asyncio.run(_closed_loop(api_url, c, warmup, args.seconds))
+                    rows[lat][SERVICE].append(service_row(c, window, sampler, args.seconds))
+                if args.no_raw or c > args.raw_max_clients:
+                    continue
+                for name, make in ((RAW_4TX, yardstick_4tx), (RAW_2TX, minimum_2tx)):
+                    result = run_level(make(db, lat / 1000.0), c, args.seconds)
+                    rows[lat][name].append(summarize(name, c, *result, args.seconds))
+                if api is not None:
+                    s = rows[lat][SERVICE][-1]["per_s"]
+                    print(f"{'':{NAME_W}s} c={c:4d}  service share: {share(s, rows[lat][RAW_4TX][-1]['per_s'])} "
+                          f"of 4 tx, {share(s, rows[lat][RAW_2TX][-1]['per_s'])} of 2 tx", flush=True)
+            print(flush=True)
+        if api is not None and len(latencies) > 1 and args.paced_load > 0:
+            rate = args.paced_load * peak(rows[0][SERVICE])["per_s"]
+            print(f"--- paced: {rate:.1f} top-ups/s arriving (open loop, {args.paced_load:g} x the 0 ms peak), "
+                  f"gateway latency {latencies[-1]} ms ---", flush=True)
+            window = asyncio.run(_paced(api_url, rate, args.warmup, args.seconds))
+            paced = summarize("paced", int(rate), window.ok, window.latencies, sum(window.errors.values()),
+                              args.seconds, in_flight_max=window.max_in_flight)
+            paced["offered_per_s"] = rate
             print(flush=True)
     finally:
         if api is not None:
@@ -240,23 +391,44 @@ def main() -> None:
         if server is not None:
             server.stop()
 
-    peak = {name: max(r, key=lambda row: row["per_s"]) for name, r in rows.items() if r}
-    print("peaks (top-ups/s at the best level):")
-    for name, p in peak.items():
-        print(f"  {name:{NAME_W}s} {p['per_s']:8.1f}/s at c={p['concurrency']}")
-    if SERVICE in peak:
-        s = peak[SERVICE]["per_s"]
-        print(f"service share of the {RAW_4TX} ceiling: {share(s, peak[RAW_4TX]['per_s']).strip()}"
+    load_after = load_average()
+    print(f"load average: {load_before} before, {load_after} after")
+    for lat in latencies:
+        print(f"peaks at gateway latency {lat} ms (top-ups/s at the best level):")
+        for name, r in rows[lat].items():
+            if r:
+                p = peak(r)
+                print(f"  {name:{NAME_W}s} {p['per_s']:8.1f}/s at c={p['concurrency']}")
+    base = rows[0]
+    if base[SERVICE] and base[RAW_4TX]:
+        s = peak(base[SERVICE])["per_s"]
+        print(f"service share of the {RAW_4TX} ceiling (0 ms): {share(s, peak(base[RAW_4TX])['per_s']).strip()}"
               f" (issue 9 target >= 30 %)")
-        print(f"service share of the {RAW_2TX} ceiling:  {share(s, peak[RAW_2TX]['per_s']).strip()}")
-        half = s / 2
-        # The level whose throughput is closest to half the peak.
-        at_half = min(rows[SERVICE], key=lambda r: abs(r["per_s"] - half))
-        print(f"at about half the service peak (c={at_half['concurrency']}, {at_half['per_s']:.1f}/s): "
-              f"p99 {at_half['p99_ms']:.1f} ms (target < 50 ms)")
-    print(f"2 tx minimum / 4 tx yardstick: {share(peak[RAW_2TX]['per_s'], peak[RAW_4TX]['per_s']).strip()}")
-    print(json.dumps({"gateway_latency_ms": args.gateway_latency_ms, "service": rows[SERVICE],
-                      "raw_sql": rows[RAW_4TX], "raw_sql_2tx": rows[RAW_2TX]}, default=lambda x: round(x, 2)))
+    if len(latencies) > 1 and base[SERVICE]:
+        slow = rows[latencies[-1]][SERVICE]
+        print(f"\nside by side (service; closed loop, c clients):\n"
+              f"| clients | 0 ms: /s | p50 ms | p99 ms | {latencies[-1]} ms: /s | p50 ms | p99 ms | errors |"
+              f" db conns max |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+        for a, b in zip(base[SERVICE], slow, strict=True):
+            print(f"| {a['concurrency']} | {a['per_s']:.1f} | {a['p50_ms']:.0f} | {a['p99_ms']:.0f} | "
+                  f"{b['per_s']:.1f} | {b['p50_ms']:.0f} | {b['p99_ms']:.0f} | {a['errors']} / {b['errors']} | "
+                  f"{a['db_conns_max']} / {b['db_conns_max']} |")
+        p0, pn = peak(base[SERVICE]), peak(slow)
+        print(f"\nzero-latency peak {p0['per_s']:.1f}/s (c={p0['concurrency']}); peak at {latencies[-1]} ms "
+              f"{pn['per_s']:.1f}/s (c={pn['concurrency']}); ratio {share(pn['per_s'], p0['per_s']).strip()} "
+              f"(issue 10 target >= 90 %)")
+        top = slow[-1]
+        print(f"at c={top['concurrency']} and {latencies[-1]} ms: {top['per_s']:.1f}/s, errors {top['errors']}, "
+              f"p99 {top['p99_ms']:.0f} ms, at most {top['db_conns_max']} database connections checked out")
+        if paced is not None:
+            print(f"paced at {paced['offered_per_s']:.1f}/s offered ({args.paced_load:g} x the 0 ms peak): "
+                  f"{paced['per_s']:.1f}/s answered 201, p50 {paced['p50_ms']:.0f} ms, p99 {paced['p99_ms']:.0f} ms "
+                  f"(target < 600 ms), errors {paced['errors']}")
+    print(json.dumps({"gateway_latency_ms": latencies, "load_average": [load_before, load_after],
+                      "service": {lat: r[SERVICE] for lat, r in rows.items()},
+                      "raw_sql": {lat: r[RAW_4TX] for lat, r in rows.items()},
+                      "raw_sql_2tx": {lat: r[RAW_2TX] for lat, r in rows.items()}, "paced": paced},
+                     default=lambda x: round(x, 2)))
 
 
 if __name__ == "__main__":

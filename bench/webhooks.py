@@ -114,7 +114,7 @@ def main() -> None:
     migrate.upgrade(url)
     tmp = Path(tempfile.mkdtemp(prefix="bench-webhooks-"))
     port = free_port()
-    env = {"DATABASE_URL": url, "READYZ_CHECK_BROKER": "false", "LOG_LEVEL": "WARNING"}
+    env = {"DATABASE_URL": url, "LOG_LEVEL": "WARNING"}
     api = ServiceProcess([str(VENV_BIN / "payment-service"), "serve", "--bind", f"127.0.0.1:{port}",
                           "--workers", str(args.workers), "--threads", str(args.threads)], env, REPO, tmp / "api.log")
     base = f"http://127.0.0.1:{port}"

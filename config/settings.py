@@ -39,6 +39,8 @@ class Settings:
     EVENTS_TOPIC_PARTITIONS: int = 6  # used when the relay creates the topic; an existing topic is left as is
     RELAY_METRICS_PORT: int = 9102  # the relay's own Prometheus endpoint; 0 = off
     RELAY_BATCH_SIZE: int = 5000  # outbox rows per round (produced, then confirmed and marked together)
+    RELAY_BINLOG: bool = True  # wake on commit from MySQL's binary log when the database allows it; else poll
+    RELAY_IDLE_POLL_SECONDS: float = 1.0  # polling (no binlog): the slowest pace, reached when idle
     # --- end relay ---
 
     STRIPE_API_KEY: str = _secret(default=SANDBOX_STRIPE_API_KEY)
@@ -50,6 +52,23 @@ class Settings:
     RAZORPAY_API_BASE: str | None = None
     RAZORPAYX_ACCOUNT_NUMBER: str = "2323230041626905"
     GATEWAY_TIMEOUT_SECONDS: float = 10.0
+    # --- slow gateways (issue 10) ---
+    GATEWAY_MAX_CONNECTIONS: int = 1000  # keep-alive connections per gateway per worker process
+    # A gateway's circuit breaker (per worker process) opens when at least RATIO of the last WINDOW calls
+    # (made in the last WINDOW_SECONDS, and at least MIN_CALLS of them) timed out or answered 5xx; it stays
+    # open OPEN_SECONDS, then lets one probe call through.
+    GATEWAY_BREAKER_WINDOW: int = 20
+    GATEWAY_BREAKER_WINDOW_SECONDS: float = 60.0
+    GATEWAY_BREAKER_MIN_CALLS: int = 10
+    GATEWAY_BREAKER_FAILURE_RATIO: float = 0.5
+    GATEWAY_BREAKER_OPEN_SECONDS: float = 10.0
+    # The database pool of each process: connections are held only inside short transactions. No overflow
+    # by default: an overflow connection is opened for a burst and closed after it (with PyMySQL's TLS set-up,
+    # ~20 ms of CPU each time); waiting for a pooled one is cheaper, and is on /metrics.
+    DB_POOL_SIZE: int = 20
+    DB_POOL_MAX_OVERFLOW: int = 0
+    DB_POOL_TIMEOUT_SECONDS: float = 30.0
+    # --- end slow gateways ---
 
     JWT_SECRET: str | None = _secret(default=DEV_JWT_SECRET)
     JWT_PUBLIC_KEY: str | None = None
@@ -60,7 +79,15 @@ class Settings:
     EVENT_SIGNING_KEY_ID: str = "dev-1"
 
     PENDING_3DS_TTL_SECONDS: int = 900
-    WORKER_WEBHOOK_INTERVAL_SECONDS: float = 1.0
+    # --- worker (issue 15) ---
+    # The webhook appliers run back to back while events are due; this is how long one waits when none is.
+    WORKER_WEBHOOK_INTERVAL_SECONDS: float = 0.1
+    WORKER_APPLIER_THREADS: int = 4  # appliers per worker process (they never share an event)
+    WEBHOOK_BATCH_SIZE: int = 100  # fresh events an applier claims at once, plus a tenth as many retries
+    WEBHOOK_RETRY_FOR_SECONDS: float = 900.0  # an id of ours we do not hold is looked for this long, then FAILED
+    # Gateway calls in flight at once per sweep run (one thread each).
+    SWEEP_CONCURRENCY: int = 64
+    # --- end worker ---
     WORKER_EXPIRY_INTERVAL_SECONDS: float = 15.0
     WORKER_RECONCILE_INTERVAL_SECONDS: float = 30.0
     RECONCILE_AFTER_SECONDS: int = 180
@@ -97,7 +124,6 @@ class Settings:
     LOG_LEVEL: str = "INFO"
     LOG_FORMAT: str = "json"
     TESTING: bool = False
-    READYZ_CHECK_BROKER: bool = True
 
     @classmethod
     def secret_names(cls) -> set[str]:
@@ -172,7 +198,25 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Set
         raise ConfigError("RELAY_BATCH_SIZE must be at least 1")
     if not 0 <= settings.RELAY_METRICS_PORT <= 65535:
         raise ConfigError("RELAY_METRICS_PORT must be a port number, or 0 for off")
+    if settings.RELAY_IDLE_POLL_SECONDS <= 0:
+        raise ConfigError("RELAY_IDLE_POLL_SECONDS must be positive")
     # --- end relay ---
+    # --- slow gateways ---
+    if not 1 <= settings.GATEWAY_BREAKER_MIN_CALLS <= settings.GATEWAY_BREAKER_WINDOW:
+        raise ConfigError("GATEWAY_BREAKER_MIN_CALLS must be from 1 to GATEWAY_BREAKER_WINDOW")
+    if not 0 < settings.GATEWAY_BREAKER_FAILURE_RATIO <= 1:
+        raise ConfigError("GATEWAY_BREAKER_FAILURE_RATIO must be above 0 and at most 1")
+    if settings.GATEWAY_BREAKER_OPEN_SECONDS <= 0 or settings.GATEWAY_BREAKER_WINDOW_SECONDS <= 0:
+        raise ConfigError("GATEWAY_BREAKER_OPEN_SECONDS and GATEWAY_BREAKER_WINDOW_SECONDS must be positive")
+    if settings.GATEWAY_MAX_CONNECTIONS < 1 or settings.DB_POOL_SIZE < 1 or settings.DB_POOL_MAX_OVERFLOW < 0:
+        raise ConfigError("GATEWAY_MAX_CONNECTIONS and DB_POOL_SIZE must be at least 1, DB_POOL_MAX_OVERFLOW at least 0")
+    # --- end slow gateways ---
+    # --- worker ---
+    if min(settings.WORKER_APPLIER_THREADS, settings.WEBHOOK_BATCH_SIZE, settings.SWEEP_CONCURRENCY) < 1:
+        raise ConfigError("WORKER_APPLIER_THREADS, WEBHOOK_BATCH_SIZE and SWEEP_CONCURRENCY must be at least 1")
+    if settings.WORKER_WEBHOOK_INTERVAL_SECONDS <= 0:
+        raise ConfigError("WORKER_WEBHOOK_INTERVAL_SECONDS must be positive")
+    # --- end worker ---
     if settings.RISK_NEW_DEVICE_ACTION not in {"require_3ds", "refuse", "allow"}:
         raise ConfigError("RISK_NEW_DEVICE_ACTION must be require_3ds, refuse or allow")
     return settings

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,6 +39,13 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     return create_engine(url, **kwargs)
 
 
+@functools.cache
+def _unit_of_work_class() -> Any:
+    from .adapters.unit_of_work import SqlAlchemyUnitOfWork
+
+    return SqlAlchemyUnitOfWork
+
+
 @dataclass
 class Container:
     settings: Settings
@@ -49,14 +57,19 @@ class Container:
     _cache: dict[str, Any] = field(default_factory=dict)
 
     def uow_factory(self) -> Any:
-        from .adapters.unit_of_work import SqlAlchemyUnitOfWork
-
-        return SqlAlchemyUnitOfWork(self.session_factory)
+        # Called for every transaction (the webhook applier: one per event): the class is looked up
+        # once, not imported on each call.
+        return _unit_of_work_class()(self.session_factory)
 
     def gateways(self) -> dict[str, Any]:
         if self.gateway_overrides is not None:
             return self.gateway_overrides
-        return self.cached("gateways", lambda: build_gateways(self.settings))
+        breakers = self.breakers()  # outside cached(): its lock is not reentrant
+        return self.cached("gateways", lambda: guard_gateways(build_gateways(self.settings), breakers))
+
+    def breakers(self) -> dict[str, Any]:
+        """One circuit breaker per gateway, for this process (see gateways/resilience.py)."""
+        return self.cached("breakers", lambda: build_breakers(self.settings, ["stripe", "razorpay"]))
 
     def payment_settings(self) -> Any:
         from .services.payments import PaymentSettings
@@ -96,23 +109,16 @@ class Container:
     def sweep_policy(self) -> Any:
         from .services.lifecycle import SweepPolicy
 
-        return SweepPolicy(batch=self.settings.SWEEP_BATCH_SIZE, lease_seconds=self.settings.SWEEP_LEASE_SECONDS)
+        s = self.settings
+        return SweepPolicy(
+            batch=s.SWEEP_BATCH_SIZE, lease_seconds=s.SWEEP_LEASE_SECONDS, concurrency=s.SWEEP_CONCURRENCY
+        )
 
     def cached(self, name: str, build: Any) -> Any:
         with self._lock:
             if name not in self._cache:
                 self._cache[name] = build()
             return self._cache[name]
-
-    def kafka_admin(self) -> Any:
-        from confluent_kafka.admin import AdminClient
-
-        return self.cached(
-            "kafka_admin",
-            lambda: AdminClient(
-                {"bootstrap.servers": self.settings.KAFKA_BOOTSTRAP_SERVERS, "socket.timeout.ms": 2000}
-            ),
-        )
 
     def close(self) -> None:
         self.engine.dispose()
@@ -128,6 +134,7 @@ def build_gateways(settings: Settings) -> dict[str, Any]:
             webhook_secret=settings.STRIPE_WEBHOOK_SECRET,
             api_base=settings.STRIPE_API_BASE,
             timeout=settings.GATEWAY_TIMEOUT_SECONDS,
+            max_connections=settings.GATEWAY_MAX_CONNECTIONS,
         ),
         "razorpay": RazorpayGateway(
             key_id=settings.RAZORPAY_KEY_ID,
@@ -136,10 +143,49 @@ def build_gateways(settings: Settings) -> dict[str, Any]:
             api_base=settings.RAZORPAY_API_BASE,
             payout_account_number=settings.RAZORPAYX_ACCOUNT_NUMBER,
             timeout=settings.GATEWAY_TIMEOUT_SECONDS,
+            max_connections=settings.GATEWAY_MAX_CONNECTIONS,
         ),
     }
 
 
+# --- slow gateways ---
+def build_breakers(settings: Settings, names: list[str]) -> dict[str, Any]:
+    import time
+
+    from .domain.breaker import BreakerPolicy, CircuitBreaker
+    from .gateways.resilience import log_transition
+
+    policy = BreakerPolicy(
+        window=settings.GATEWAY_BREAKER_WINDOW,
+        window_seconds=settings.GATEWAY_BREAKER_WINDOW_SECONDS,
+        min_calls=settings.GATEWAY_BREAKER_MIN_CALLS,
+        failure_ratio=settings.GATEWAY_BREAKER_FAILURE_RATIO,
+        open_seconds=settings.GATEWAY_BREAKER_OPEN_SECONDS,
+        # A probe is one gateway call; a Razorpay charge is up to six.
+        probe_seconds=6 * settings.GATEWAY_TIMEOUT_SECONDS,
+    )
+    return {name: CircuitBreaker(name, policy, time.monotonic, log_transition) for name in names}
+
+
+def guard_gateways(gateways: dict[str, Any], breakers: dict[str, Any]) -> dict[str, Any]:
+    from .gateways.resilience import GuardedGateway
+
+    return {name: GuardedGateway(gw, breakers[name]) if name in breakers else gw for name, gw in gateways.items()}
+
+
+# --- end slow gateways ---
+
+
 def bootstrap(settings: Settings) -> Container:
-    engine = make_engine(settings.DATABASE_URL)
+    if settings.DATABASE_URL.startswith("sqlite"):
+        engine = make_engine(settings.DATABASE_URL)
+    else:
+        from .adapters.pool_metrics import InstrumentedQueuePool, instrument_pool
+
+        size, overflow = settings.DB_POOL_SIZE, settings.DB_POOL_MAX_OVERFLOW
+        engine = make_engine(
+            settings.DATABASE_URL, poolclass=InstrumentedQueuePool, pool_size=size, max_overflow=overflow,
+            pool_timeout=settings.DB_POOL_TIMEOUT_SECONDS,
+        )
+        instrument_pool(engine, size, overflow)
     return Container(settings=settings, engine=engine, session_factory=sessionmaker(engine, expire_on_commit=False))

@@ -67,22 +67,41 @@ def db_current() -> None:
 @main.command()
 @click.option("--bind", default=lambda: os.environ.get("BIND", "0.0.0.0:8000"), show_default="0.0.0.0:8000")
 @click.option("--workers", type=int, default=lambda: int(os.environ.get("WEB_CONCURRENCY", "2")), show_default="2")
-@click.option("--threads", type=int, default=lambda: int(os.environ.get("GUNICORN_THREADS", "8")), show_default="8")
 @click.option(
     "--worker-class",
-    default=lambda: os.environ.get("GUNICORN_WORKER_CLASS", "gthread"),
-    show_default="gthread",
-    help="gunicorn worker class: gthread (threads, keep-alive) or sync (one request per process at a time)",
+    type=click.Choice(["gevent", "gthread", "sync"]),
+    default=lambda: os.environ.get("GUNICORN_WORKER_CLASS", "gevent"),
+    show_default="gevent",
+    help="gevent: each request a greenlet, so a slow gateway call costs a greenlet, not a thread (see "
+    "docs/serving.md); gthread: a pool of --threads threads per worker; sync: one request per worker at a time",
 )
-def serve(bind: str, workers: int, threads: int, worker_class: str) -> None:
+@click.option(
+    "--worker-connections", type=int,
+    default=lambda: int(os.environ.get("GUNICORN_WORKER_CONNECTIONS", "1000")), show_default="1000",
+    help="gevent: requests (connections) each worker holds at once",
+)
+@click.option("--threads", type=int, default=lambda: int(os.environ.get("GUNICORN_THREADS", "8")), show_default="8",
+              help="gthread: threads per worker")
+def serve(bind: str, workers: int, worker_class: str, worker_connections: int, threads: int) -> None:
     """Run the HTTP API under gunicorn."""
     gunicorn = shutil.which("gunicorn") or str(Path(sys.executable).with_name("gunicorn"))
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # Several workers: /metrics must add up all of them, not show the one that got the scrape.
+        import tempfile
+
+        path = tempfile.mkdtemp(prefix="payment-service-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+        os.environ["PAYMENT_SERVICE_OWNS_METRICS_DIR"] = path  # removed by gunicorn_conf.on_exit
     args = [
-        gunicorn, "--bind", bind, "--workers", str(workers), "--threads", str(threads),
+        gunicorn, "--config", "python:payment_service.gunicorn_conf", "--bind", bind, "--workers", str(workers),
         "--worker-class", worker_class, "--timeout", "60", "--graceful-timeout", "20",
-        # No gunicorn access log: the app writes one JSON line per request itself, with its request id.
-        "payment_service.api:create_app()",
     ]
+    if worker_class == "gevent":
+        args += ["--worker-connections", str(worker_connections)]
+    elif worker_class == "gthread":
+        args += ["--threads", str(threads)]
+    # No gunicorn access log: the app writes one JSON line per request itself, with its request id.
+    args.append("payment_service.api:create_app()")
     os.execv(gunicorn, args)  # noqa: S606 - replace this process with gunicorn, same environment
 
 
@@ -91,6 +110,11 @@ def serve(bind: str, workers: int, threads: int, worker_class: str) -> None:
 @click.option("--port", type=int, default=12111, show_default=True)
 def sandbox(host: str, port: int) -> None:
     """Run the gateway sandbox (Stripe and Razorpay test APIs). See docs/sandbox.md."""
+    # Before anything imports socket, ssl or threading users (Flask, requests): the sandbox runs under
+    # gunicorn's gevent worker, and its webhook thread and `latency` faults must yield, not block.
+    from gevent import monkey
+
+    monkey.patch_all()
     from .gateways.sandbox.core import config_from_env
     from .gateways.sandbox.server import serve_forever
 
@@ -188,9 +212,9 @@ def dev(port: int, sandbox_port: int, broker_port: int) -> None:
     dev_relay, relay_thread = _start_dev_relay(settings)
     # --- end relay ---
     # --- worker: applies webhooks, expires 3-D Secure, reconciles ---
-    from .worker.jobs import build_scheduler
+    from .worker.jobs import Worker
 
-    dev_worker = build_scheduler(app.extensions["payment_service"])
+    dev_worker = Worker(app.extensions["payment_service"])
     dev_worker.start()
     # --- end worker ---
     try:
@@ -361,9 +385,10 @@ def relay() -> None:
     SIGTERM or Ctrl-C stops it after the batch in flight."""
     from prometheus_client import start_http_server
 
+    from .adapters.outbox_metrics import install_outbox_collector
     from .bootstrap import make_engine
     from .observability import configure_logging
-    from .worker.relay import OutboxRelay, install_outbox_collector
+    from .worker.relay import OutboxRelay
 
     settings = load_settings()
     configure_logging(settings.LOG_LEVEL, settings.LOG_FORMAT)

@@ -48,7 +48,7 @@ class LifecycleCollector(Collector):
             "payment_late_success_refunds", "Refunds of money taken after a payment was closed (rule 8)",
             labels=["status"],
         )
-        now = datetime.now(UTC).replace(tzinfo=None)
+        now = datetime.now(UTC)  # the columns are UTCDateTime: they refuse a naive datetime
         try:
             with engine.connect() as conn:
                 for kind, (table, _) in _RECORD_TABLES.items():

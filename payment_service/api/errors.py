@@ -73,6 +73,8 @@ def problem(
 
 def domain_error_response(exc: domain_errors.DomainError, headers: dict[str, str] | None = None) -> Response:
     status = next((s for cls, s in _DOMAIN_STATUS if isinstance(exc, cls)), 400)
+    if isinstance(exc, domain_errors.GatewayUnavailable):
+        headers = {"Retry-After": str(exc.retry_after), **(headers or {})}
     return problem(status, exc.code, exc.title, exc.detail, exc.errors, headers=headers)
 
 

@@ -14,7 +14,8 @@ from sqlalchemy import text
 
 from ..adapters import migrate
 from ..adapters.lifecycle_metrics import LifecycleCollector
-from ..worker.relay import install_outbox_collector, outbox_collector  # relay: outbox metrics
+from ..adapters.outbox_metrics import install_outbox_collector, outbox_collector  # outbox backlog metrics
+from ..adapters.webhook_metrics import WebhookInboxCollector
 from .context import container
 
 logger = logging.getLogger(__name__)
@@ -58,19 +59,12 @@ def _check_database() -> str | None:
     return None
 
 
-def _check_broker() -> str | None:
-    if not container().settings.READYZ_CHECK_BROKER:
-        return None
-    try:
-        container().kafka_admin().list_topics(timeout=2)
-    except Exception as exc:  # noqa: BLE001
-        return f"unreachable: {type(exc).__name__}"
-    return None
-
-
 @bp.get("/readyz")
 def readyz() -> tuple[Response, int]:
-    checks = {"database": _check_database(), "broker": _check_broker()}
+    # The database and the migrations only. Not the broker: the API never talks to Kafka (the outbox
+    # decouples them), and a broker outage must not take every replica out of the load balancer. Not
+    # the gateways either: one gateway down is its circuit breaker's business, not the instance's.
+    checks = {"database": _check_database()}
     failing = {name: why for name, why in checks.items() if why}
     body = {name: ("ok" if not why else why) for name, why in checks.items()}
     if failing:
@@ -97,6 +91,8 @@ install_outbox_collector("api", _scrape_engine)  # once per process: the registr
 # --- end relay ---
 _LIFECYCLE = LifecycleCollector(_scrape_engine)
 REGISTRY.register(_LIFECYCLE)
+_WEBHOOK_INBOX = WebhookInboxCollector(_scrape_engine)
+REGISTRY.register(_WEBHOOK_INBOX)
 
 
 @bp.get("/metrics")
@@ -111,6 +107,7 @@ def metrics() -> Response:
             registry.register(collector)
         # --- end relay ---
         registry.register(_LIFECYCLE)
+        registry.register(_WEBHOOK_INBOX)
         data = generate_latest(registry)
     else:
         data = generate_latest()

@@ -70,7 +70,7 @@ def topup() -> Response:
         return_url=req.return_url, device_id=req.device.id if req.device else None,
         device_ip=(req.device.ip if req.device else None) or request.remote_addr,
     )
-    flow = payment_service.TopUpFlow(cmd, c.gateways(), c.payment_settings())
+    flow = payment_service.TopUpFlow(cmd, c.gateways(), c.payment_settings(), c.breakers())
     return run_idempotent(principal, flow, _render)
 
 
@@ -147,7 +147,15 @@ openapi.document("/payments/topup", "post", {
         "400": openapi.problem_ref("malformed JSON or missing Idempotency-Key"),
         "409": openapi.problem_ref("idempotency_key_reused or idempotency_key_in_use"),
         "422": openapi.problem_ref("invalid input, or card_data_not_accepted"),
-        "503": openapi.problem_ref("the gateway did not answer; retry with the same Idempotency-Key"),
+        "503": {
+            **openapi.problem_ref(
+                "gateway_unavailable: the gateway's circuit breaker is open (answered at once; nothing was recorded "
+                "or charged), or the gateway did not answer (the payment is pending and will be resolved). Retry "
+                "with the same Idempotency-Key after Retry-After seconds"
+            ),
+            "headers": {"Retry-After": {"description": "seconds to wait before retrying",
+                                        "schema": {"type": "integer", "minimum": 1}}},
+        },
         **_common,
     },
 })

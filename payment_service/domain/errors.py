@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 
 class DomainError(Exception):
     code = "error"
@@ -86,6 +88,12 @@ class GatewayUnavailable(DomainError):
 
     code = "gateway_unavailable"
     title = "Payment gateway unavailable"
+    DEFAULT_RETRY_AFTER = 2  # seconds, when nothing better is known
+
+    def __init__(self, detail: str = "", *, retry_after: float | None = None) -> None:
+        super().__init__(detail)
+        # When to come back, in whole seconds (at least 1): the breaker's remaining open time if it is open.
+        self.retry_after = max(1, math.ceil(retry_after if retry_after is not None else self.DEFAULT_RETRY_AFTER))
 
 
 class DependencyUnavailable(DomainError):

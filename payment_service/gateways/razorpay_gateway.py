@@ -29,7 +29,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import razorpay
@@ -54,6 +54,7 @@ from .base import (
     SavedMethod,
     WebhookEvent,
 )
+from .resilience import RATE_LIMIT_WAITS, http_session, retry_rate_limited
 
 logger = logging.getLogger(__name__)
 
@@ -201,8 +202,12 @@ class RazorpayGateway:
         api_base: str | None = None,
         payout_account_number: str = "2323230041626905",
         timeout: float = 10.0,
+        max_connections: int = 100,
+        rate_limit_waits: Sequence[float] = RATE_LIMIT_WAITS,
     ) -> None:
         self._session = _RecordingSession(timeout)
+        http_session(max_connections, self._session)
+        self._rate_limit_waits = tuple(rate_limit_waits)
         options: dict[str, Any] = {"base_url": api_base.rstrip("/")} if api_base else {}
         self.client = razorpay.Client(session=self._session, auth=(key_id, key_secret), **options)
         self.client.set_app_details({"title": "payment-service", "version": "0.1.0"})
@@ -212,7 +217,11 @@ class RazorpayGateway:
     # ------------------------------------------------------------ calls and errors
 
     def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """One SDK call; SDK and transport exceptions become GatewayError / GatewayUnavailableError."""
+        """One SDK call; SDK and transport exceptions become GatewayError / GatewayUnavailableError.
+        A 429 is retried with the same call (the same idempotency header, where it has one)."""
+        return retry_rate_limited(self.name, lambda: self._call_once(fn, *args, **kwargs), self._rate_limit_waits)
+
+    def _call_once(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         self._session.forget()
         try:
             return fn(*args, **kwargs)

@@ -189,7 +189,11 @@ class MariaDBServer:
             "--bind-address=127.0.0.1",
             f"--log-error={self.error_log}",
             f"--pid-file={os.path.join(self._dir, 'mariadbd.pid')}",
-            "--skip-log-bin",
+            # The binary log in row format, as MySQL 8 has it on by default: the outbox relay wakes on
+            # commit from it (docs/events.md); server-id is what a binlog reader registers against.
+            f"--log-bin={os.path.join(self._dir, 'binlog')}",
+            "--binlog-format=ROW",
+            "--server-id=1",
             "--skip-name-resolve",
             "--character-set-server=utf8mb4",
             "--collation-server=utf8mb4_unicode_ci",

@@ -18,7 +18,7 @@ from ..domain.lifecycle import PAYMENTS
 from ..domain.model import PaymentStatus
 from ..domain.payments import Payment
 from ..gateways.base import ChargeResult, ChargeStatus, Gateway, GatewayUnavailableError, idempotency_key_for
-from .lifecycle import DEFAULT_POLICY, SweepPolicy, SweepReport, sweep, walk
+from .lifecycle import DEFAULT_POLICY, Stop, SweepPolicy, SweepReport, sweep, walk
 from .payments import PaymentSettings, apply_charge_result, charge, charge_request
 from .unit_of_work import Clock, UowFactory
 
@@ -31,6 +31,7 @@ def expire_pending_3ds(
     settings: PaymentSettings,
     now: Clock = utcnow,
     policy: SweepPolicy = DEFAULT_POLICY,
+    stop: Stop | None = None,
 ) -> SweepReport:
     """PENDING_3DS payments past their expiry: cancel at the gateway first; if the gateway took the
     money after all, capture instead. A gateway that does not answer leaves the payment for the next
@@ -64,7 +65,7 @@ def expire_pending_3ds(
         return after
 
     return sweep("expire_pending_3ds", uow_factory, lifecycle.PAYMENT, {PaymentStatus.PENDING_3DS.value},
-                 handle, now, policy)
+                 handle, now, policy, stop)
 
 
 def reconcile_pending(
@@ -73,6 +74,7 @@ def reconcile_pending(
     settings: PaymentSettings,
     now: Clock = utcnow,
     policy: SweepPolicy = DEFAULT_POLICY,
+    stop: Stop | None = None,
 ) -> SweepReport:
     """Resolve payments left PENDING (a crash between the charge and our commit, a timeout).
 
@@ -114,4 +116,4 @@ def reconcile_pending(
         return after
 
     return sweep("reconcile_pending", uow_factory, lifecycle.PAYMENT, {PaymentStatus.PENDING.value},
-                 handle, now, policy)
+                 handle, now, policy, stop)

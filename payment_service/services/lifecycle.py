@@ -10,11 +10,13 @@ gets its attempts, next attempt and last error written back instead of stopping 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Collection
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from ..domain.lifecycle import LIFECYCLES, Lifecycle
 from .unit_of_work import AbstractUnitOfWork, Clock, UowFactory
@@ -74,11 +76,15 @@ def walk(
 @dataclass(frozen=True)
 class SweepPolicy:
     batch: int = 100
-    # How long a sweep owns a record it claimed. A batch stops taking new records once half of it
-    # has gone, and gives the rest back, so a slow gateway never lets a claim lapse mid-call.
+    # How long a sweep owns a record it claimed. A record not started once half of it has gone is
+    # given back, so a slow gateway never lets a claim lapse mid-call. A sweep also stops claiming
+    # new batches after this long, and the scheduler's next run goes on from there.
     lease_seconds: float = 300.0
     backoff_base_seconds: float = 15.0
     backoff_max_seconds: float = 3600.0
+    # Gateway calls in flight at once (one thread each). 1: records handled one after the other,
+    # in due order, on the caller's thread.
+    concurrency: int = 1
 
     def backoff(self, attempts: int) -> timedelta:
         return timedelta(seconds=min(self.backoff_base_seconds * 2 ** max(attempts - 1, 0), self.backoff_max_seconds))
@@ -87,12 +93,18 @@ class SweepPolicy:
 DEFAULT_POLICY = SweepPolicy()
 
 
+class Stop(Protocol):
+    """What tells a loop to stop at once (a `threading.Event` in the worker)."""
+
+    def is_set(self) -> bool: ...
+
+
 @dataclass
 class SweepReport:
     claimed: int = 0
     finished: int = 0  # records that left the swept statuses
     failed: int = 0  # records whose handling raised: kept, with their error, for a later attempt
-    returned: int = 0  # records given back unhandled (the batch ran out of lease)
+    returned: int = 0  # records given back unhandled (out of lease, or the worker is stopping)
 
 
 def sweep(
@@ -103,49 +115,129 @@ def sweep(
     handle: Callable[[Any], Any],
     now: Clock,
     policy: SweepPolicy = DEFAULT_POLICY,
+    stop: Stop | None = None,
 ) -> SweepReport:
-    """Claim a batch of due, unclaimed records in `statuses` and hand each to `handle`.
+    """Hand every due, unclaimed record in `statuses` to `handle`, batch after batch, until none is due.
 
-    `handle(record)` calls the gateway and applies the answer; when the record stays open it must
-    release it with when to look again (`uow.records.release`), or the claim's expiry does.
-    Whatever it raises is written on the record (attempts, next attempt with backoff, last error),
-    and the sweep goes on with the next one.
+    Each batch is claimed in one statement (`SKIP LOCKED`: replicas never share a record). With
+    `policy.concurrency` > 1 the records go to that many threads, and the next batch is claimed
+    while the last records of the previous one are still with the gateway, so the calls in flight
+    never drop to zero while records are due. `handle(record)` calls the gateway and applies the
+    answer; when the record stays open it must release it with when to look again
+    (`uow.records.release`), or the claim's expiry does. Whatever it raises is written on the record
+    (attempts, next attempt with backoff, last error), and the sweep goes on with the others.
+    `stop` set: no record is started any more, those claimed and not started are given back at
+    once, and the sweep returns when the calls in flight have answered.
     """
-    lifecycle = LIFECYCLES[kind]
-    t = now()
-    with uow_factory() as uow:
-        batch = uow.records.claim_due(kind, statuses, t, t + timedelta(seconds=policy.lease_seconds), policy.batch)
-        uow.commit()
-    report = SweepReport(claimed=len(batch))
-    started = time.monotonic()
-    for i, record in enumerate(batch):
-        if time.monotonic() - started > policy.lease_seconds / 2:
-            _give_back(uow_factory, kind, batch[i:], now())
-            report.returned = len(batch) - i
-            break
+    run = _SweepRun(name, uow_factory, kind, statuses, handle, now, policy, stop)
+    return run()
+
+
+class _SweepRun:
+    def __init__(
+        self, name: str, uow_factory: UowFactory, kind: str, statuses: Collection[str],
+        handle: Callable[[Any], Any], now: Clock, policy: SweepPolicy, stop: Stop | None,
+    ) -> None:
+        self.name, self.uow_factory, self.kind, self.statuses = name, uow_factory, kind, statuses
+        self.handle, self.now, self.policy, self.stop = handle, now, policy, stop
+        self.open = LIFECYCLES[kind].open
+        self.report = SweepReport()
+        self.given_back: list[Any] = []
+        self.lock = threading.Condition()
+        self.outstanding = 0  # claimed, not yet handled or given back
+
+    def stopping(self) -> bool:
+        return self.stop is not None and self.stop.is_set()
+
+    def __call__(self) -> SweepReport:
+        started = time.monotonic()
+        pool = (
+            ThreadPoolExecutor(self.policy.concurrency, thread_name_prefix=f"sweep-{self.name}")
+            if self.policy.concurrency > 1 else None
+        )
         try:
-            after = handle(record)
+            more = True
+            while more and not self.stopping() and time.monotonic() - started < self.policy.lease_seconds:
+                if pool is not None:
+                    # Claim the next batch once the threads have nothing queued: they never run dry
+                    # while records are due, and no more is claimed than they can start soon.
+                    with self.lock:
+                        while self.outstanding > self.policy.concurrency and not self.stopping():
+                            self.lock.wait(0.2)
+                    if self.stopping():
+                        break
+                batch = self._claim()
+                more = len(batch) == self.policy.batch
+                claimed_at = time.monotonic()
+                with self.lock:
+                    self.outstanding += len(batch)
+                for record in batch:
+                    if pool is None:
+                        self._one(record, claimed_at)
+                    else:
+                        pool.submit(self._one, record, claimed_at)
+                if pool is None and self.given_back:
+                    break  # out of lease: the rest waits for the next run
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True)
+            if self.given_back:
+                self._give_back()
+        if self.report.claimed:
+            logger.info("sweep ran", extra={"sweep": self.name, **vars(self.report)})
+        return self.report
+
+    def _claim(self) -> list[Any]:
+        t = self.now()
+        until = t + timedelta(seconds=self.policy.lease_seconds)
+        with self.uow_factory() as uow:
+            batch = uow.records.claim_due(self.kind, self.statuses, t, until, self.policy.batch)
+            uow.commit()
+        with self.lock:
+            self.report.claimed += len(batch)
+        return batch
+
+    def _one(self, record: Any, claimed_at: float) -> None:
+        try:
+            if self.stopping() or time.monotonic() - claimed_at > self.policy.lease_seconds / 2:
+                with self.lock:
+                    self.given_back.append(record)
+                    self.report.returned += 1
+                return
+            self._handle(record)
+        finally:
+            with self.lock:
+                self.outstanding -= 1
+                self.lock.notify()
+
+    def _handle(self, record: Any) -> None:
+        try:
+            after = self.handle(record)
         except Exception as exc:  # noqa: BLE001 - one record's failure must not stop the others (rule 7)
-            report.failed += 1
             attempts = record.attempts + 1
             error = f"{type(exc).__name__}: {exc}"[:2000]
             logger.warning(
                 "sweep record failed",
-                extra={"sweep": name, "kind": kind, "record_id": record.id, "attempts": attempts, "error": error},
+                extra={"sweep": self.name, "kind": self.kind, "record_id": record.id, "attempts": attempts,
+                       "error": error},
             )
-            with uow_factory() as uow:
-                uow.records.release(kind, record.id, next_attempt_at=now() + policy.backoff(attempts), error=error)
+            with self.uow_factory() as uow:
+                uow.records.release(
+                    self.kind, record.id, next_attempt_at=self.now() + self.policy.backoff(attempts), error=error
+                )
                 uow.commit()
-            continue
-        if after is not None and getattr(after, "status", None) not in lifecycle.open:
-            report.finished += 1
-    if report.claimed:
-        logger.info("sweep ran", extra={"sweep": name, **vars(report)})
-    return report
+            with self.lock:
+                self.report.failed += 1
+            return
+        if after is not None and getattr(after, "status", None) not in self.open:
+            with self.lock:
+                self.report.finished += 1
 
-
-def _give_back(uow_factory: UowFactory, kind: str, records: list[Any], t: datetime) -> None:
-    with uow_factory() as uow:
-        for record in records:
-            uow.records.release(kind, record.id, next_attempt_at=t, error=record.last_error, count_attempt=False)
-        uow.commit()
+    def _give_back(self) -> None:
+        t = self.now()
+        with self.uow_factory() as uow:
+            for record in self.given_back:
+                uow.records.release(
+                    self.kind, record.id, next_attempt_at=t, error=record.last_error, count_attempt=False
+                )
+            uow.commit()

@@ -9,11 +9,13 @@ and every sweep use too, with the stored response, in one transaction.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from ..domain import ids, lifecycle
+from ..domain.breaker import CircuitBreaker
 from ..domain.errors import DomainError, GatewayUnavailable, NotFound, ValidationFailed
 from ..domain.events import utcnow
 from ..domain.lifecycle import PAYMENTS, payment_failed_event
@@ -193,10 +195,17 @@ class TopUpFlow:
     kind = lifecycle.PAYMENT
     prefix = ids.PAYMENT
 
-    def __init__(self, cmd: TopUp, gateways: Mapping[str, Gateway], settings: PaymentSettings) -> None:
+    def __init__(
+        self,
+        cmd: TopUp,
+        gateways: Mapping[str, Gateway],
+        settings: PaymentSettings,
+        breakers: Mapping[str, CircuitBreaker] | None = None,
+    ) -> None:
         self.cmd = cmd
         self.gateways = gateways
         self.settings = settings
+        self.breakers = breakers or {}
         self.method: PaymentMethod | None = None
 
     def create(self, uow: AbstractUnitOfWork, record_id: str, t: datetime, claimed_until: datetime) -> Payment:
@@ -205,6 +214,7 @@ class TopUpFlow:
         gateway_name = method.gateway if method is not None else cmd.gateway
         if gateway_name is None or gateway_name not in self.gateways:
             raise ValidationFailed(f"gateway must be one of {sorted(self.gateways)}", field="gateway")
+        self._refuse_if_open(gateway_name)
         window = t - timedelta(seconds=self.settings.rules.velocity_window_seconds)
         attempts, amount = uow.payments.velocity(cmd.user_id, window)
         device_known = bool(cmd.device_id) and uow.payments.device_seen(cmd.user_id, str(cmd.device_id))
@@ -261,8 +271,23 @@ class TopUpFlow:
 
     def unavailable(self, record: Payment) -> DomainError:
         return GatewayUnavailable(
-            f"{record.gateway} did not answer; payment {record.id} is pending and will be resolved"
+            f"{record.gateway} did not answer; payment {record.id} is pending and will be resolved",
+            retry_after=self._retry_after(record.gateway),
         )
+
+    def _refuse_if_open(self, gateway: str) -> None:
+        """A gateway whose breaker is open is not even asked: the refusal rolls phase 1 back, so nothing
+        is recorded (the key included) and nothing is charged. A retry with the same key is a new
+        request. Half-open, one top-up at a time goes through as the probe."""
+        wait = self._retry_after(gateway)
+        if wait:
+            raise GatewayUnavailable(
+                f"{gateway} is failing; no payment was made. Retry after {math.ceil(wait)} s", retry_after=wait
+            )
+
+    def _retry_after(self, gateway: str) -> float | None:
+        breaker = self.breakers.get(gateway)
+        return (breaker.retry_after() or None) if breaker is not None else None
 
     def retry_at(self, t: datetime) -> datetime:
         return t + timedelta(seconds=self.settings.reconcile_after_seconds)

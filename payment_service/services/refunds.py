@@ -29,11 +29,10 @@ from ..gateways.base import (
     GatewayError,
     GatewayUnavailableError,
     RefundResult,
-    WebhookEvent,
     idempotency_key_for,
 )
 from ..gateways.base import RefundStatus as GatewayRefundStatus
-from .lifecycle import DEFAULT_POLICY, SweepPolicy, SweepReport, UnknownObject, sweep, walk
+from .lifecycle import DEFAULT_POLICY, Stop, SweepPolicy, SweepReport, sweep, walk
 from .unit_of_work import AbstractUnitOfWork, Clock, UowFactory
 
 logger = logging.getLogger(__name__)
@@ -201,6 +200,7 @@ def retry_pending_refunds(
     settings: RefundSettings,
     now: Clock = utcnow,
     policy: SweepPolicy = DEFAULT_POLICY,
+    stop: Stop | None = None,
 ) -> SweepReport:
     """Finish refunds left PENDING (gateway down or slow, a crash, a late success to give back): ask
     the gateway about those it knows, send again (same key) those it may never have seen."""
@@ -221,30 +221,19 @@ def retry_pending_refunds(
             uow.commit()
         return after
 
-    return sweep("refunds", uow_factory, lifecycle.REFUND, {RefundStatus.PENDING.value}, handle, now, policy)
+    return sweep("refunds", uow_factory, lifecycle.REFUND, {RefundStatus.PENDING.value}, handle, now, policy,
+                 stop)
 
 
 # --- refund webhooks ------------------------------------------------------------------------------
 
 
 def apply_refund_event(
-    event: WebhookEvent, gateway: Gateway, uow_factory: UowFactory, now: Clock, settings: RefundSettings
-) -> str | None:
-    """Stripe refund.*, Razorpay refund.*: drive a PENDING refund to its final status. None: not a refund."""
-    result = gateway.refund_result_from_event(event)
-    if result is None:
-        return None
-    with uow_factory() as uow:
-        refund = uow.refunds.get(event.reference) if event.reference else None
-        if refund is None and result.gateway_refund_id:
-            refund = uow.refunds.find_by_gateway_id(result.gateway_refund_id)
-        if refund is None:
-            # Ours but not committed yet, or someone else's: kept and retried, never dropped.
-            raise UnknownObject(
-                f"no refund for reference={event.reference} gateway_id={result.gateway_refund_id}"
-            )
-        if refund.status != RefundStatus.PENDING.value or result.status is GatewayRefundStatus.PENDING:
-            return "IGNORED"
-        after = apply_refund_result(uow, refund, result, now(), settings)
-        uow.commit()
-    return "APPLIED" if after.status != refund.status else "IGNORED"
+    uow: AbstractUnitOfWork, refund: Refund, result: RefundResult, at: datetime, settings: RefundSettings
+) -> bool:
+    """Stripe refund.*, Razorpay refund.*: drive a PENDING refund to its final status, inside the
+    caller's unit of work (the webhook applier's). True if the refund moved."""
+    if refund.status != RefundStatus.PENDING.value or result.status is GatewayRefundStatus.PENDING:
+        return False
+    after = apply_refund_result(uow, refund, result, at, settings)
+    return after.status != refund.status

@@ -172,18 +172,29 @@ class GatewayEventRepository(abc.ABC):
         """Store a verified webhook; False if (gateway, gateway_event_id) is stored already."""
 
     @abc.abstractmethod
-    def due(self, now: datetime, limit: int) -> list[InboxEvent]:
-        """Events waiting to be applied (or whose applier died), oldest first."""
+    def claim_due(self, now: datetime, lease_until: datetime, fresh: int, retries: int) -> list[InboxEvent]:
+        """An applier's batch, claimed in one statement (`SKIP LOCKED`: appliers never share an event):
+        up to `fresh` events never tried, oldest first, then up to `retries` due retries and as many
+        events whose applier died (lease lapsed), earliest due first. Each is PROCESSING until
+        `lease_until`, with `attempts` + 1 (the claim's token)."""
 
     @abc.abstractmethod
-    def claim(self, event_id: int, now: datetime, lease_until: datetime) -> bool:
-        """Take one event for applying (a conditional UPDATE); False if another worker has it."""
+    def settle(self, event_id: int, attempts: int, status: str, now: datetime, error: str | None = None) -> bool:
+        """The event's final status (APPLIED, IGNORED, NOT_OURS, FAILED), if the claim numbered
+        `attempts` still holds it; False if it lapsed and another applier took the event."""
 
     @abc.abstractmethod
-    def finish(self, event_id: int, status: str, now: datetime, error: str | None = None) -> None: ...
+    def settle_many(self, events: list[InboxEvent], status: str, now: datetime) -> int:
+        """The same final status for a batch's events this applier still holds (by their claim's lease);
+        returns how many."""
 
     @abc.abstractmethod
-    def retry_later(self, event_id: int, next_attempt_at: datetime, error: str) -> None: ...
+    def retry_later(self, event_id: int, attempts: int, next_attempt_at: datetime, error: str) -> bool:
+        """Back to the retry lane, due at `next_attempt_at`, if the claim numbered `attempts` still holds it."""
+
+    @abc.abstractmethod
+    def give_back(self, events: list[InboxEvent], now: datetime) -> None:
+        """Events claimed and not started (the applier is stopping): due at once, the claim not counted."""
 
 
 class OutboxRepository(abc.ABC):

@@ -41,10 +41,9 @@ from ..gateways.base import (
     PayoutRequest,
     PayoutResult,
     PayoutStatus,
-    WebhookEvent,
     idempotency_key_for,
 )
-from .lifecycle import DEFAULT_POLICY, SweepPolicy, SweepReport, UnknownObject, sweep, walk
+from .lifecycle import DEFAULT_POLICY, Stop, SweepPolicy, SweepReport, sweep, walk
 from .unit_of_work import AbstractUnitOfWork, Clock, UowFactory
 
 logger = logging.getLogger(__name__)
@@ -215,26 +214,15 @@ class WithdrawalFlow:
 
 
 def apply_payout_event(
-    event: WebhookEvent, gateway: Gateway, uow_factory: UowFactory, now: Clock, settings: WithdrawalSettings
-) -> str | None:
-    """payout.processed -> SETTLED, payout.failed/rejected/cancelled -> FAILED, payout.reversed -> REVERSED;
-    payout.queued/pending/initiated/processing are progress reports: ignored. None: not a payout event."""
-    result = gateway.payout_result_from_event(event)
-    if result is None:
-        return None
-    with uow_factory() as uow:
-        w = uow.withdrawals.get(event.reference) if event.reference else None
-        if w is None and result.gateway_payout_id:
-            w = uow.withdrawals.find_by_gateway_id(result.gateway_payout_id)
-        if w is None:
-            raise UnknownObject(
-                f"no withdrawal for reference={event.reference} gateway_id={result.gateway_payout_id}"
-            )
-        if result.status is PayoutStatus.PROCESSING:
-            return "IGNORED"
-        after = apply_payout_result(uow, w, result, now(), settings)
-        uow.commit()
-    return "APPLIED" if after.status != w.status else "IGNORED"
+    uow: AbstractUnitOfWork, w: Withdrawal, result: PayoutResult, at: datetime, settings: WithdrawalSettings
+) -> bool:
+    """payout.processed -> SETTLED, payout.failed/rejected/cancelled -> FAILED, payout.reversed -> REVERSED,
+    inside the caller's unit of work (the webhook applier's); payout.queued/pending/initiated/processing
+    are progress reports: ignored. True if the withdrawal moved."""
+    if result.status is PayoutStatus.PROCESSING:
+        return False
+    after = apply_payout_result(uow, w, result, at, settings)
+    return after.status != w.status
 
 
 # --- the sweeps -----------------------------------------------------------------------------------
@@ -246,6 +234,7 @@ def resolve_withdrawals(
     settings: WithdrawalSettings,
     now: Clock = utcnow,
     policy: SweepPolicy = DEFAULT_POLICY,
+    stop: Stop | None = None,
 ) -> SweepReport:
     """Withdrawals the gateway still owes an answer about.
 
@@ -280,4 +269,4 @@ def resolve_withdrawals(
         return after
 
     open_statuses = {WithdrawalStatus.REQUESTED.value, WithdrawalStatus.PROCESSING.value}
-    return sweep("withdrawals", uow_factory, lifecycle.WITHDRAWAL, open_statuses, handle, now, policy)
+    return sweep("withdrawals", uow_factory, lifecycle.WITHDRAWAL, open_statuses, handle, now, policy, stop)

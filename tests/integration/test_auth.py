@@ -102,7 +102,6 @@ def _make_app(db_url: str, **overrides: Any) -> Flask:
     settings: dict[str, Any] = {
         "DATABASE_URL": db_url,
         "TESTING": True,
-        "READYZ_CHECK_BROKER": False,
         "JWT_SECRET": SECRET,
         "JWT_AUDIENCE": AUDIENCE,
         "JWT_ISSUER": ISSUER,
@@ -408,7 +407,7 @@ def test_malformed_authorization_refused(client: Any) -> None:
 def test_credential_store_down_is_503_not_401(tmp_path: Any) -> None:
     # A database without the tables stands in for one that is down: the lookup raises a DBAPIError.
     url = f"sqlite:///{tmp_path}/never-migrated.sqlite3"
-    app = _add_routes(create_app(DATABASE_URL=url, TESTING=True, READYZ_CHECK_BROKER=False, JWT_SECRET=SECRET))
+    app = _add_routes(create_app(DATABASE_URL=url, TESTING=True, JWT_SECRET=SECRET))
     headers = {"X-API-Key": "psk_" + "a" * 43}
     try:
         client = app.test_client()

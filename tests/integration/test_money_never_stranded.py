@@ -447,7 +447,6 @@ def charge_result_from_payload(payload: Mapping[str, Any]) -> ChargeResult | Non
 
 BASE_SETTINGS: dict[str, Any] = {
     "TESTING": True,
-    "READYZ_CHECK_BROKER": False,
     "LOG_LEVEL": "WARNING",
     "RATE_LIMIT_USER": "100000/minute",
     "RATE_LIMIT_CLIENT": "100000/minute",

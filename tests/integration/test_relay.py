@@ -24,18 +24,14 @@ from sqlalchemy.orm import Session
 
 from config import Settings, load_settings
 from payment_service.adapters import migrate
+from payment_service.adapters.kafka_publisher import verify_signature
 from payment_service.adapters.orm import OutboxEventRow, RelayLeaseRow
+from payment_service.adapters.outbox_store import LEASE_NAME, outbox_stats, purge_published
 from payment_service.adapters.repository import SqlOutboxRepository
 from payment_service.domain.events import Event, EventType
 from payment_service.localparts.broker import TansuBroker
 from payment_service.localparts.kafka_testing import Record, TopicReader
-from payment_service.worker.relay import (
-    LEASE_NAME,
-    OutboxRelay,
-    outbox_stats,
-    purge_published,
-    verify_signature,
-)
+from payment_service.worker.relay import OutboxRelay
 from tests.support.waiting import wait_for as wait_until
 
 pytestmark = pytest.mark.integration
@@ -221,7 +217,7 @@ def test_card_number_payload_is_quarantined_never_sent(
                 )
             )
     write(engine, after)
-    caplog.set_level(logging.ERROR, logger="payment_service.worker.relay")
+    caplog.set_level(logging.ERROR, logger="payment_service")
     relay = make_relay(engine, settings)
     with running(relay):
         wait_until(lambda: unpublished(engine) == 0, 30, "the clean rows published")

@@ -119,26 +119,48 @@ class FakeGatewayEvents(abstract.GatewayEventRepository):
         self.store.inbox[event.id] = copy.deepcopy(event)
         return True
 
-    def due(self, now: datetime, limit: int) -> list[InboxEvent]:
-        return [copy.deepcopy(e) for e in sorted(self.store.inbox.values(), key=lambda e: e.id)
-                if (e.status in ("RECEIVED", "RETRY") and e.next_attempt_at <= now)
-                or (e.status == "PROCESSING" and e.next_attempt_at < now)][:limit]
+    def claim_due(self, now: datetime, lease_until: datetime, fresh: int, retries: int) -> list[InboxEvent]:
+        by_due = sorted(self.store.inbox.values(), key=lambda e: (e.next_attempt_at, e.id))
+        lanes = (
+            [e for e in by_due if e.status == "RECEIVED" and e.next_attempt_at <= now][:fresh]
+            + [e for e in by_due if e.status == "RETRY" and e.next_attempt_at <= now][:retries]
+            + [e for e in by_due if e.status == "PROCESSING" and e.next_attempt_at < now][:retries]
+        )
+        for e in lanes:
+            e.status, e.next_attempt_at, e.attempts = "PROCESSING", lease_until, e.attempts + 1
+        return [copy.deepcopy(e) for e in lanes]
 
-    def claim(self, event_id: int, now: datetime, lease_until: datetime) -> bool:
+    def _held(self, event_id: int, attempts: int) -> InboxEvent | None:
         e = self.store.inbox[event_id]
-        if not ((e.status in ("RECEIVED", "RETRY") and e.next_attempt_at <= now)
-                or (e.status == "PROCESSING" and e.next_attempt_at < now)):
+        return e if e.status == "PROCESSING" and e.attempts == attempts else None
+
+    def settle(self, event_id: int, attempts: int, status: str, now: datetime, error: str | None = None) -> bool:
+        e = self._held(event_id, attempts)
+        if e is None:
             return False
-        e.status, e.next_attempt_at, e.attempts = "PROCESSING", lease_until, e.attempts + 1
+        e.status, e.applied_at, e.next_attempt_at, e.last_error = status, now, now, error
         return True
 
-    def finish(self, event_id: int, status: str, now: datetime, error: str | None = None) -> None:
-        e = self.store.inbox[event_id]
-        e.status, e.applied_at, e.last_error = status, now, error
+    def settle_many(self, events: list[InboxEvent], status: str, now: datetime) -> int:
+        held = [self.store.inbox[c.id] for c in events if self.store.inbox[c.id].status == "PROCESSING"
+                and self.store.inbox[c.id].next_attempt_at == c.next_attempt_at]
+        for e in held:
+            e.status, e.applied_at, e.next_attempt_at, e.last_error = status, now, now, None
+        return len(held)
 
-    def retry_later(self, event_id: int, next_attempt_at: datetime, error: str) -> None:
-        e = self.store.inbox[event_id]
+    def retry_later(self, event_id: int, attempts: int, next_attempt_at: datetime, error: str) -> bool:
+        e = self._held(event_id, attempts)
+        if e is None:
+            return False
         e.status, e.next_attempt_at, e.last_error = "RETRY", next_attempt_at, error
+        return True
+
+    def give_back(self, events: list[InboxEvent], now: datetime) -> None:
+        for claimed in events:
+            e = self._held(claimed.id, claimed.attempts)
+            if e is not None:
+                e.status = "RECEIVED" if e.attempts <= 1 else "RETRY"
+                e.attempts, e.next_attempt_at = e.attempts - 1, now
 
 
 class FakeMethods(abstract.PaymentMethodRepository):

@@ -14,7 +14,7 @@ from payment_service.observability import configure_logging
 
 @pytest.fixture
 def app(tmp_path):
-    app = create_app(DATABASE_URL=f"sqlite:///{tmp_path}/t.sqlite3", TESTING=True, READYZ_CHECK_BROKER=False)
+    app = create_app(DATABASE_URL=f"sqlite:///{tmp_path}/t.sqlite3", TESTING=True)
 
     @app.post("/_test/echo")
     def echo():

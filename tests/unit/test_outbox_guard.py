@@ -7,9 +7,8 @@ messages, reasons, names, metadata values); our ids, user ids, gateway ids and b
 
 import json
 
-from payment_service.adapters.outbox import serialize_event
+from payment_service.adapters.outbox import serialize_event, unpublishable_reason
 from payment_service.domain.events import Event, EventType
-from payment_service.worker.relay import unpublishable_reason
 
 PAN = "4242424242424242"  # Stripe's public test number
 LUHN_USER = "4111111111111111"  # a numeric user id (JWT sub) that happens to pass Luhn

@@ -4,10 +4,10 @@ from config.settings import ConfigError, load_settings
 
 
 def test_defaults_and_env() -> None:
-    s = load_settings({"EVENTS_TOPIC": "t", "PENDING_3DS_TTL_SECONDS": "60", "READYZ_CHECK_BROKER": "false"})
+    s = load_settings({"EVENTS_TOPIC": "t", "PENDING_3DS_TTL_SECONDS": "60", "GATEWAY_BREAKER_OPEN_SECONDS": "2.5"})
     assert s.EVENTS_TOPIC == "t"
     assert s.PENDING_3DS_TTL_SECONDS == 60
-    assert s.READYZ_CHECK_BROKER is False
+    assert s.GATEWAY_BREAKER_OPEN_SECONDS == 2.5
 
 
 def test_file_convention(tmp_path) -> None:

@@ -32,7 +32,7 @@ def db_url(tmp_path) -> str:
 
 @pytest.fixture
 def client(db_url):
-    app = create_app(DATABASE_URL=db_url, TESTING=True, READYZ_CHECK_BROKER=False,
+    app = create_app(DATABASE_URL=db_url, TESTING=True,
                      STRIPE_WEBHOOK_SECRET=SANDBOX_STRIPE_WEBHOOK_SECRET,
                      RAZORPAY_WEBHOOK_SECRET=SANDBOX_RAZORPAY_WEBHOOK_SECRET)
     return app.test_client()

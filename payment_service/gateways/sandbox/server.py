@@ -75,10 +75,15 @@ class SandboxServer:
         self.stop()
 
 
-def serve_forever(config: SandboxConfig, host: str, port: int, threads: int = 32) -> None:
-    """The standalone sandbox under gunicorn: one process (the state lives in it), many threads, and
-    HTTP keep-alive like the real gateways. Werkzeug's server closes every connection, which would
-    make each SDK call pay a TCP handshake that Stripe and Razorpay do not charge."""
+def serve_forever(config: SandboxConfig, host: str, port: int, connections: int = 5000) -> None:
+    """The standalone sandbox under gunicorn: one process (the state lives in it), and HTTP keep-alive
+    like the real gateways (Werkzeug's server closes every connection, which would make each SDK call
+    pay a TCP handshake that Stripe and Razorpay do not charge).
+
+    The gevent worker: each request is a greenlet, so a thousand requests held by a `latency` fault
+    cost a thousand sleeping greenlets, not a thousand threads. `connections` bounds the keep-alive
+    connections held at once: every worker of every API instance keeps up to GATEWAY_MAX_CONNECTIONS
+    open to it. The caller must have monkey-patched the process first (`payment-service sandbox` does)."""
     from gunicorn.app.base import BaseApplication
 
     config.public_url = config.public_url if config.public_url else f"http://{host}:{port}"
@@ -86,8 +91,8 @@ def serve_forever(config: SandboxConfig, host: str, port: int, threads: int = 32
     class _Sandbox(BaseApplication):
         def load_config(self) -> None:
             for key, value in {
-                "bind": f"{host}:{port}", "workers": 1, "worker_class": "gthread", "threads": threads,
-                "keepalive": 75, "accesslog": None, "loglevel": "warning", "timeout": 120,
+                "bind": f"{host}:{port}", "workers": 1, "worker_class": "gevent", "worker_connections": connections,
+                "keepalive": 75, "accesslog": None, "loglevel": "warning", "timeout": 120, "backlog": 4096,
             }.items():
                 self.cfg.set(key, value)
 
