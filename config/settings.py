@@ -80,13 +80,17 @@ class Settings:
 
     PENDING_3DS_TTL_SECONDS: int = 900
     # --- worker (issue 15) ---
-    # The webhook appliers run back to back while events are due; this is how long one waits when none is.
+    # The webhook applier runs back to back while events are due; this is how long it waits when none is,
+    # doubling while none comes, up to WORKER_WEBHOOK_IDLE_MAX_SECONDS (idle: 4 queries a second, not 20).
     WORKER_WEBHOOK_INTERVAL_SECONDS: float = 0.1
+    WORKER_WEBHOOK_IDLE_MAX_SECONDS: float = 0.5
     WORKER_APPLIER_THREADS: int = 4  # appliers per worker process (they never share an event)
     WEBHOOK_BATCH_SIZE: int = 100  # fresh events an applier claims at once, plus a tenth as many retries
     WEBHOOK_RETRY_FOR_SECONDS: float = 900.0  # an id of ours we do not hold is looked for this long, then FAILED
-    # Gateway calls in flight at once per sweep run (one thread each).
-    SWEEP_CONCURRENCY: int = 64
+    # Gateway calls in flight at once per sweep run (one thread each): at ~300 ms a call, about 200 a
+    # second, enough to expire 10,000 payments in a minute, and above a Stripe account's default limits
+    # (docs/webhooks-and-jobs.md: lower it there; 429s are retried with backoff by the adapters).
+    SWEEP_CONCURRENCY: int = 96
     # --- end worker ---
     WORKER_EXPIRY_INTERVAL_SECONDS: float = 15.0
     WORKER_RECONCILE_INTERVAL_SECONDS: float = 30.0

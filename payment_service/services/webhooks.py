@@ -145,18 +145,21 @@ def apply_until_stopped(
     *,
     threads: int = 1,
     idle_seconds: float = 0.1,
+    idle_max_seconds: float = 0.5,
     now: Callable[[], datetime] = utcnow,
     policy: ApplyPolicy = DEFAULT_APPLY_POLICY,
 ) -> None:
     """The worker's applier: claim, settle and apply back to back while events are due, a sleep of
-    `idle_seconds` when none is, until `stop` is set.
+    `idle_seconds` when none is, until `stop` is set. The sleep doubles while nothing comes, up to
+    `idle_max_seconds`: a burst is followed closely, and an idle worker asks the database a few times
+    a second, not ten.
 
     One thread claims; `threads` apply, one transaction per event. The next batch is claimed as soon
     as the appliers have no more than one event each left, so they never run dry while events are
     due, and an event never waits behind a whole batch held by one busy thread. On `stop`, nothing
     more is started: what was claimed and not started is given back at once, and the call returns
     when the events being applied are committed."""
-    _Applier(uow_factory, gateways, settings, now, policy, stop, threads).run(idle_seconds)
+    _Applier(uow_factory, gateways, settings, now, policy, stop, threads).run(idle_seconds, idle_max_seconds)
 
 
 class _Applier:
@@ -168,8 +171,9 @@ class _Applier:
         self.outstanding = 0
         self.given_back: list[InboxEvent] = []
 
-    def run(self, idle_seconds: float) -> None:
+    def run(self, idle_seconds: float, idle_max_seconds: float) -> None:
         failures = 0
+        idle = idle_seconds
         with ThreadPoolExecutor(self.threads, thread_name_prefix="webhook-applier") as pool:
             while not self.stop.is_set():
                 with self.lock:
@@ -186,8 +190,10 @@ class _Applier:
                     continue
                 failures = 0
                 if rest is None:
-                    self.stop.wait(idle_seconds)
+                    self.stop.wait(idle)
+                    idle = min(idle * 2, max(idle_seconds, idle_max_seconds))
                     continue
+                idle = idle_seconds
                 with self.lock:
                     self.outstanding += len(rest)
                 for item in rest:
@@ -244,6 +250,7 @@ class _Parsed:
 
 
 def parse(inbox: InboxEvent, gateway: Gateway) -> _Parsed:
+    """The stored event as its gateway's adapter reads it (no database, no network)."""
     event = WebhookEvent(
         inbox.gateway, inbox.gateway_event_id, inbox.event_type, inbox.object_id, inbox.reference,
         json.loads(inbox.payload),

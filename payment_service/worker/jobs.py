@@ -79,7 +79,8 @@ def run_applier(container: Container, stop: threading.Event) -> None:
     c = container
     webhooks.apply_until_stopped(
         c.uow_factory, c.gateways(), c.apply_settings(), stop, threads=c.settings.WORKER_APPLIER_THREADS,
-        idle_seconds=c.settings.WORKER_WEBHOOK_INTERVAL_SECONDS, policy=apply_policy(c),
+        idle_seconds=c.settings.WORKER_WEBHOOK_INTERVAL_SECONDS,
+        idle_max_seconds=c.settings.WORKER_WEBHOOK_IDLE_MAX_SECONDS, policy=apply_policy(c),
     )
 
 
