@@ -15,9 +15,9 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify
 
-from ..domain.errors import NotFound, ValidationFailed
+from ..domain.errors import NotFound
 from ..domain.events import rfc3339
-from ..domain.withdrawals import Withdrawal, withdrawal_errors
+from ..domain.withdrawals import Withdrawal
 from ..gateways.base import Beneficiary
 from ..services import withdrawals as withdrawal_service
 from . import openapi, parsing
@@ -61,9 +61,6 @@ def create_withdrawal() -> Response:
     principal = require_scope("withdrawals:write")
     req: WithdrawalRequest = parsing.validated(WithdrawalRequest)
     b = req.beneficiary
-    errors = withdrawal_errors(req.amount, req.currency, req.mode, b.name, b.account_number, b.ifsc, b.vpa)
-    if errors:
-        raise ValidationFailed("the withdrawal request is invalid", errors=errors)
     c = container()
     cmd = withdrawal_service.RequestWithdrawal(
         user_id=req.user_id,

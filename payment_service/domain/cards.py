@@ -69,26 +69,7 @@ def find_card_number_field(value: Any, path: str = "") -> str | None:
 
     Numbers are checked too: a JSON body may carry the PAN as a bare integer.
     """
-    if isinstance(value, dict):
-        for k, v in value.items():
-            key = str(k)
-            if contains_card_number(key):
-                return path or "(body)"
-            found = find_card_number_field(v, f"{path}.{key}" if path else key)
-            if found is not None:
-                return found
-        return None
-    if isinstance(value, (list, tuple)):
-        for i, v in enumerate(value):
-            found = find_card_number_field(v, f"{path}[{i}]")
-            if found is not None:
-                return found
-        return None
-    if isinstance(value, bool) or value is None:
-        return None
-    if isinstance(value, (int, str)):
-        return (path or "(body)") if contains_card_number(str(value)) else None
-    return None
+    return _first_card_field(value, path, False, ids_too=True, root="(body)")
 
 
 # --- ids and free text ------------------------------------------------------------------------
@@ -166,28 +147,37 @@ def find_card_number_in_free_text(value: Any, path: str = "", *, _free: bool = F
 
     Says where, never what. Values under an identifier key are not looked at (see `mask_free_text`).
     """
+    return _first_card_field(value, path, _free, ids_too=False, root="(document)")
+
+
+def _first_card_field(value: Any, path: str, free: bool, *, ids_too: bool, root: str) -> str | None:
+    """The one walk behind both finders. `ids_too`: look at every field (a request body, where nothing
+    may hold a card number); otherwise pass over identifiers, as `mask_free_text` does. A card number
+    in a key is named by the object's path (`ids_too`) or by `<path>.(key)`."""
     if isinstance(value, dict):
         for k, v in value.items():
             key = str(k)
-            here = f"{path}.{key}" if path else key
             if contains_card_number(key):
+                if ids_too:
+                    return path or root
                 return f"{path}.(key)" if path else "(key)"
-            if _kept_as_is(key, v, _free):
+            if not ids_too and _kept_as_is(key, v, free):
                 continue
-            found = find_card_number_in_free_text(v, here, _free=_free or key.lower() in _FREE_TEXT_CONTAINERS)
+            inner = free or (not ids_too and key.lower() in _FREE_TEXT_CONTAINERS)
+            found = _first_card_field(v, f"{path}.{key}" if path else key, inner, ids_too=ids_too, root=root)
             if found is not None:
                 return found
         return None
     if isinstance(value, (list, tuple)):
         for i, v in enumerate(value):
-            found = find_card_number_in_free_text(v, f"{path}[{i}]", _free=_free)
+            found = _first_card_field(v, f"{path}[{i}]", free, ids_too=ids_too, root=root)
             if found is not None:
                 return found
         return None
     if isinstance(value, bool) or value is None:
         return None
     if isinstance(value, (int, str)):
-        return (path or "(document)") if contains_card_number(str(value)) else None
+        return (path or root) if contains_card_number(str(value)) else None
     return None
 
 
