@@ -41,6 +41,9 @@ from sqlalchemy import Engine, func, insert, select, update  # noqa: E402
 from sqlalchemy.orm import Session  # noqa: E402
 
 from config import load_settings  # noqa: E402
+from localparts.broker import TansuBroker, create_topic  # noqa: E402
+from localparts.mariadb import MariaDBServer  # noqa: E402
+from localparts.topic_reader import TopicReader  # noqa: E402
 from payment_service.adapters import migrate  # noqa: E402
 from payment_service.adapters.kafka_publisher import CONTENT_TYPE, Delivered, sign  # noqa: E402
 from payment_service.adapters.orm import OutboxEventRow  # noqa: E402
@@ -48,9 +51,6 @@ from payment_service.adapters.outbox import serialize_event  # noqa: E402
 from payment_service.adapters.repository import SqlOutboxRepository  # noqa: E402
 from payment_service.bootstrap import make_engine  # noqa: E402
 from payment_service.domain.events import Event, EventType  # noqa: E402
-from payment_service.localparts.broker import TansuBroker, create_topic  # noqa: E402
-from payment_service.localparts.kafka_testing import TopicReader  # noqa: E402
-from payment_service.localparts.mariadb import MariaDBServer  # noqa: E402
 from payment_service.worker.relay import OutboxRelay  # noqa: E402
 
 SIGNING_KEY = "bench-signing-key"
@@ -192,7 +192,7 @@ def main() -> None:
             broker = TansuBroker().start()
             bootstrap = broker.bootstrap
         db_name = f"bench_relay_{uuid.uuid4().hex[:8]}"
-        from payment_service.localparts.mariadb import create_database_at, drop_database_at
+        from localparts.mariadb import create_database_at, drop_database_at
 
         db_url = create_database_at(url, db_name)
         try:

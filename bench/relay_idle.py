@@ -34,10 +34,10 @@ sys.path.insert(0, str(REPO))
 
 import pymysql  # noqa: E402
 
+from gateway_sandbox.server import free_port  # noqa: E402
+from localparts.broker import TansuBroker  # noqa: E402
+from localparts.mariadb import MariaDBServer, create_database_at  # noqa: E402
 from payment_service.adapters import migrate  # noqa: E402
-from payment_service.gateways.sandbox.server import free_port  # noqa: E402
-from payment_service.localparts.broker import TansuBroker  # noqa: E402
-from payment_service.localparts.mariadb import MariaDBServer, create_database_at  # noqa: E402
 
 VENV_BIN = Path(sys.executable).parent
 _TICK = os.sysconf("SC_CLK_TCK")

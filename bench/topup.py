@@ -52,9 +52,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _rawsql import minimum_2tx, yardstick_4tx  # noqa: E402
 
 from config.settings import DEV_JWT_SECRET  # noqa: E402
+from gateway_sandbox.server import free_port  # noqa: E402
+from localparts.mariadb import MariaDBServer  # noqa: E402
 from payment_service.adapters import migrate  # noqa: E402
-from payment_service.gateways.sandbox.server import free_port  # noqa: E402
-from payment_service.localparts.mariadb import MariaDBServer  # noqa: E402
 from tests.support.processes import VENV_BIN, ServiceProcess  # noqa: E402
 
 # Keep-alive connections, as a wallet backend or a load balancer would hold them; BENCH_FORCE_CLOSE=1

@@ -30,10 +30,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from config.settings import SANDBOX_RAZORPAY_WEBHOOK_SECRET, SANDBOX_STRIPE_WEBHOOK_SECRET  # noqa: E402
+from gateway_sandbox.server import free_port  # noqa: E402
+from localparts.mariadb import MariaDBServer  # noqa: E402
 from payment_service.adapters import migrate  # noqa: E402
 from payment_service.adapters.orm import GatewayEventRow  # noqa: E402
-from payment_service.gateways.sandbox.server import free_port  # noqa: E402
-from payment_service.localparts.mariadb import MariaDBServer  # noqa: E402
 from tests.support.processes import VENV_BIN, ServiceProcess  # noqa: E402
 
 

@@ -56,11 +56,11 @@ from config.settings import (  # noqa: E402
     SANDBOX_STRIPE_API_KEY,
     SANDBOX_STRIPE_WEBHOOK_SECRET,
 )
+from gateway_sandbox.server import free_port  # noqa: E402
+from localparts.mariadb import MariaDBServer  # noqa: E402
 from payment_service.adapters import migrate  # noqa: E402
 from payment_service.adapters.orm import PaymentRow  # noqa: E402
 from payment_service.domain import ids  # noqa: E402
-from payment_service.gateways.sandbox.server import free_port  # noqa: E402
-from payment_service.localparts.mariadb import MariaDBServer  # noqa: E402
 from tests.support.processes import VENV_BIN, ServiceProcess  # noqa: E402
 
 Delivery = tuple[str, bytes, dict[str, str]]

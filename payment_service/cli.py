@@ -115,8 +115,8 @@ def sandbox(host: str, port: int) -> None:
     from gevent import monkey
 
     monkey.patch_all()
-    from .gateways.sandbox.core import config_from_env
-    from .gateways.sandbox.server import serve_forever
+    from gateway_sandbox.config import config_from_env
+    from gateway_sandbox.server import serve_forever
 
     cfg = config_from_env()
     cfg.public_url = os.environ.get("SANDBOX_PUBLIC_URL", f"http://{host}:{port}")
@@ -141,7 +141,7 @@ def _port_free(port: int, host: str = "127.0.0.1") -> bool:
 
 
 def _pick_port(preferred: int) -> int:
-    from .gateways.sandbox.server import free_port
+    from gateway_sandbox.server import free_port
 
     return preferred if _port_free(preferred) else free_port()
 
@@ -155,11 +155,12 @@ def dev(port: int, sandbox_port: int, broker_port: int) -> None:
     sandbox and the API, in one process. Ctrl-C stops it all."""
     from werkzeug.serving import make_server
 
+    from gateway_sandbox import SandboxConfig
+    from gateway_sandbox.server import SandboxServer
+    from localparts.broker import TansuBroker
+
     from .adapters import migrate
     from .api import create_app
-    from .gateways.sandbox.core import SandboxConfig
-    from .gateways.sandbox.server import SandboxServer
-    from .localparts.broker import TansuBroker
 
     port, sandbox_port, broker_port = _pick_port(port), _pick_port(sandbox_port), _pick_port(broker_port)
     db_url = os.environ.get("DATABASE_URL", "sqlite:///instance/payment-service.sqlite3")

@@ -17,8 +17,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from payment_service.localparts.broker import TansuBroker
-from payment_service.localparts.mariadb import MariaDBServer, create_database_at, drop_database_at
+from localparts.broker import TansuBroker
+from localparts.mariadb import MariaDBServer, create_database_at, drop_database_at
 
 # --- real parts ---------------------------------------------------------------------------
 

@@ -14,9 +14,9 @@ import pytest
 from sqlalchemy import create_engine
 
 from config.settings import DEV_JWT_SECRET
+from gateway_sandbox import SandboxConfig
+from gateway_sandbox.server import SandboxServer, free_port
 from payment_service.adapters import migrate
-from payment_service.gateways.sandbox.core import SandboxConfig
-from payment_service.gateways.sandbox.server import SandboxServer, free_port
 from tests.support.processes import VENV_BIN, ServiceProcess
 
 REPO = Path(__file__).resolve().parents[2]

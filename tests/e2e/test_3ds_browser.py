@@ -17,9 +17,9 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
+from gateway_sandbox import SandboxConfig
+from gateway_sandbox.server import SandboxServer
 from payment_service.gateways.base import ChargeRequest, ChargeStatus
-from payment_service.gateways.sandbox.core import SandboxConfig
-from payment_service.gateways.sandbox.server import SandboxServer
 from payment_service.gateways.stripe_gateway import StripeGateway
 
 pytestmark = pytest.mark.e2e

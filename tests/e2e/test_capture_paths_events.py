@@ -14,9 +14,9 @@ import requests
 from sqlalchemy import create_engine, select
 
 from config.settings import DEV_EVENT_SIGNING_KEY
+from localparts.topic_reader import TopicReader
 from payment_service.adapters.kafka_publisher import verify_signature
 from payment_service.adapters.orm import PaymentRow
-from payment_service.localparts.kafka_testing import TopicReader
 from tests.support.processes import VENV_BIN, ServiceProcess
 from tests.support.waiting import wait_for
 

@@ -26,11 +26,11 @@ from sqlalchemy import Engine, create_engine, func, inspect, select, text
 from sqlalchemy.orm import Session
 
 from config.settings import DEV_JWT_SECRET
+from gateway_sandbox.server import SandboxServer
+from gateway_sandbox.stripe_api import sign_payload
+from localparts.topic_reader import Record, TopicReader
 from payment_service.adapters.api_clients import SqlAlchemyApiClientRepository
 from payment_service.adapters.orm import GatewayEventRow, OutboxEventRow, PaymentRow, WithdrawalRequestRow
-from payment_service.gateways.sandbox.server import SandboxServer
-from payment_service.gateways.sandbox.stripe_api import sign_payload
-from payment_service.localparts.kafka_testing import Record, TopicReader
 from tests.support.processes import VENV_BIN, ServiceProcess
 from tests.support.waiting import wait_for
 

@@ -18,8 +18,8 @@ import pytest
 import requests
 from sqlalchemy import func, select
 
+from gateway_sandbox.server import SandboxServer
 from payment_service.adapters.orm import PaymentRow
-from payment_service.gateways.sandbox.server import SandboxServer
 
 from .conftest import start_api, user_headers
 

@@ -14,12 +14,12 @@ import requests
 from sqlalchemy import Engine, create_engine, func, select
 from sqlalchemy.orm import Session
 
+from gateway_sandbox.server import free_port
+from localparts.broker import TansuBroker
+from localparts.topic_reader import Record, TopicReader
 from payment_service.adapters.orm import OutboxEventRow
 from payment_service.adapters.repository import SqlOutboxRepository
 from payment_service.domain.events import Event, EventType
-from payment_service.gateways.sandbox.server import free_port
-from payment_service.localparts.broker import TansuBroker
-from payment_service.localparts.kafka_testing import Record, TopicReader
 from tests.support.processes import VENV_BIN, ServiceProcess
 from tests.support.waiting import wait_for as wait_until
 

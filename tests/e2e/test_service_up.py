@@ -10,7 +10,7 @@ import jwt
 import requests
 
 from config.settings import DEV_JWT_SECRET
-from payment_service.gateways.sandbox.server import free_port
+from gateway_sandbox.server import free_port
 from tests.support.processes import VENV_BIN, ServiceProcess
 
 

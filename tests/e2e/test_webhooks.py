@@ -14,8 +14,8 @@ import pytest
 import requests
 from sqlalchemy import func, select
 
+from gateway_sandbox.stripe_api import sign_payload
 from payment_service.adapters.orm import GatewayEventRow, OutboxEventRow, PaymentRow
-from payment_service.gateways.sandbox.stripe_api import sign_payload
 from tests.support.processes import VENV_BIN, ServiceProcess
 from tests.support.waiting import wait_for
 

@@ -83,7 +83,7 @@ def test_0003_hashes_stored_idempotency_keys(backend: str, request: pytest.Fixtu
     from sqlalchemy import text
 
     if backend == "mariadb":
-        from payment_service.localparts.mariadb import create_database_at, drop_database_at
+        from localparts.mariadb import create_database_at, drop_database_at
 
         server_url = request.getfixturevalue("database_url")
         name = f"t_keys_{uuid.uuid4().hex[:12]}"

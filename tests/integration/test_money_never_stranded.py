@@ -31,6 +31,10 @@ from sqlalchemy import Engine, create_engine, inspect, text
 from sqlalchemy.orm import Session
 
 from config.settings import DEV_JWT_SECRET
+from gateway_sandbox import SandboxConfig
+from gateway_sandbox.faults import FaultRule
+from gateway_sandbox.server import SandboxServer
+from localparts.mariadb import create_database_at, drop_database_at
 from payment_service.adapters import migrate
 from payment_service.adapters.api_clients import SqlAlchemyApiClientRepository
 from payment_service.api import create_app
@@ -51,9 +55,6 @@ from payment_service.gateways.base import (
     SavedMethod,
     WebhookEvent,
 )
-from payment_service.gateways.sandbox.core import FaultRule, SandboxConfig
-from payment_service.gateways.sandbox.server import SandboxServer
-from payment_service.localparts.mariadb import create_database_at, drop_database_at
 from payment_service.services.webhooks import store_webhook
 from payment_service.worker import jobs
 

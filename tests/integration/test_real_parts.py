@@ -10,8 +10,8 @@ import sqlalchemy as sa
 from confluent_kafka import KafkaError, Message, Producer
 from sqlalchemy.engine import Engine
 
-from payment_service.localparts.broker import TansuBroker, create_topic
-from payment_service.localparts.kafka_testing import TopicReader
+from localparts.broker import TansuBroker, create_topic
+from localparts.topic_reader import TopicReader
 
 pytestmark = pytest.mark.integration
 

@@ -23,14 +23,14 @@ from sqlalchemy import Engine, create_engine, delete, func, insert, select, upda
 from sqlalchemy.orm import Session
 
 from config import Settings, load_settings
+from localparts.broker import TansuBroker
+from localparts.topic_reader import Record, TopicReader
 from payment_service.adapters import migrate
 from payment_service.adapters.kafka_publisher import verify_signature
 from payment_service.adapters.orm import OutboxEventRow, RelayLeaseRow
 from payment_service.adapters.outbox_store import LEASE_NAME, outbox_stats, purge_published
 from payment_service.adapters.repository import SqlOutboxRepository
 from payment_service.domain.events import Event, EventType
-from payment_service.localparts.broker import TansuBroker
-from payment_service.localparts.kafka_testing import Record, TopicReader
 from payment_service.worker.relay import OutboxRelay
 from tests.support.waiting import wait_for as wait_until
 

@@ -21,11 +21,11 @@ from prometheus_client import REGISTRY
 from sqlalchemy import Engine, create_engine, delete, select, text, update
 from sqlalchemy.engine import make_url
 
+from localparts.broker import TansuBroker
+from localparts.topic_reader import TopicReader
 from payment_service.adapters import migrate
 from payment_service.adapters.orm import OutboxEventRow, RelayLeaseRow
 from payment_service.adapters.outbox_store import LEASE_NAME
-from payment_service.localparts.broker import TansuBroker
-from payment_service.localparts.kafka_testing import TopicReader
 from payment_service.worker.relay import OutboxRelay
 from tests.integration.test_relay import (
     assert_in_id_order,

@@ -19,6 +19,7 @@ import pytest
 from sqlalchemy import Engine, create_engine, insert, text
 
 from config import load_settings
+from localparts.mariadb import create_database_at, drop_database_at
 from payment_service.adapters import migrate
 from payment_service.adapters.orm import GatewayEventRow, PaymentRow
 from payment_service.bootstrap import Container, bootstrap
@@ -30,7 +31,6 @@ from payment_service.gateways.base import (
     RefundResult,
     WebhookEvent,
 )
-from payment_service.localparts.mariadb import create_database_at, drop_database_at
 from payment_service.services.webhooks import store_webhook
 from payment_service.worker import jobs
 from payment_service.worker.jobs import Worker

@@ -14,10 +14,10 @@ import pytest
 from sqlalchemy import create_engine, select
 
 from config.settings import SANDBOX_RAZORPAY_WEBHOOK_SECRET, SANDBOX_STRIPE_WEBHOOK_SECRET
+from gateway_sandbox.stripe_api import sign_payload
 from payment_service.adapters import migrate
 from payment_service.adapters.orm import GatewayEventRow
 from payment_service.api import create_app
-from payment_service.gateways.sandbox.stripe_api import sign_payload
 
 PAN = "4242424242424242"
 LUHN_UTR = "5555555555554444"  # a bank reference that passes Luhn: an id, kept as is

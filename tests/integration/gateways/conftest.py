@@ -6,8 +6,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from payment_service.gateways.sandbox.core import SandboxConfig
-from payment_service.gateways.sandbox.server import SandboxServer
+from gateway_sandbox import SandboxConfig
+from gateway_sandbox.server import SandboxServer
 
 
 @pytest.fixture(scope="session")

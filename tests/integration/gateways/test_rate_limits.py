@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 import requests
 
+from gateway_sandbox.server import SandboxServer
 from payment_service.gateways.base import ChargeRequest, ChargeStatus, GatewayUnavailableError, idempotency_key_for
 from payment_service.gateways.razorpay_gateway import RazorpayGateway
-from payment_service.gateways.sandbox.server import SandboxServer
 from payment_service.gateways.stripe_gateway import StripeGateway
 
 FAST = (0.01, 0.02, 0.04)

@@ -17,6 +17,7 @@ import pytest
 import razorpay
 import requests
 
+from gateway_sandbox.server import SandboxServer, free_port
 from payment_service.domain.ids import new_id
 from payment_service.gateways.base import (
     Beneficiary,
@@ -37,7 +38,6 @@ from payment_service.gateways.razorpay_gateway import (
     payout_idempotency_key,
     refund_idempotency_key,
 )
-from payment_service.gateways.sandbox.server import SandboxServer, free_port
 
 KEY_ID = "rzp_test_sandbox"
 KEY_SECRET = "sandbox_key_secret"

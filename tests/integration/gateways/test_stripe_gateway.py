@@ -17,6 +17,8 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import requests
 
+from gateway_sandbox.server import SandboxServer, free_port
+from gateway_sandbox.stripe_api import sign_payload
 from payment_service.domain.cards import contains_card_number
 from payment_service.gateways.base import (
     Beneficiary,
@@ -30,8 +32,6 @@ from payment_service.gateways.base import (
     RefundStatus,
     idempotency_key_for,
 )
-from payment_service.gateways.sandbox.server import SandboxServer, free_port
-from payment_service.gateways.sandbox.stripe_api import sign_payload
 from payment_service.gateways.stripe_gateway import StripeGateway
 
 API_KEY = "sk_test_sandbox_adapter"

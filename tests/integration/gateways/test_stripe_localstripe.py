@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 import requests
 
+from gateway_sandbox.server import free_port
 from payment_service.gateways.base import ChargeRequest, ChargeStatus, GatewayError, RefundStatus
-from payment_service.gateways.sandbox.server import free_port
 from payment_service.gateways.stripe_gateway import StripeGateway
 
 

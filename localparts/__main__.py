@@ -1,4 +1,4 @@
-"""``python -m payment_service.localparts up``: a MariaDB server and a Tansu broker until Ctrl-C."""
+"""``python -m localparts up``: a MariaDB server and a Tansu broker until Ctrl-C."""
 
 from __future__ import annotations
 
@@ -7,12 +7,12 @@ import signal
 import sys
 import threading
 
-from payment_service.localparts.broker import TansuBroker
-from payment_service.localparts.mariadb import MariaDBServer
+from localparts.broker import TansuBroker
+from localparts.mariadb import MariaDBServer
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m payment_service.localparts")
+    parser = argparse.ArgumentParser(prog="python -m localparts")
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="start MariaDB and the broker, print their addresses, wait for Ctrl-C")
     up.add_argument("--db-port", type=int, default=0, help="MariaDB port (default: a free one)")

@@ -37,7 +37,8 @@ from werkzeug.datastructures import MultiDict
 
 from payment_service.domain.money import format_major
 
-from .core import IdempotencyCache, Sandbox, StoredResponse, current_sandbox, render_challenge
+from .challenge import render_challenge
+from .core import IdempotencyCache, Sandbox, StoredResponse, current_sandbox
 
 bp = Blueprint("sandbox_stripe", __name__)
 

@@ -1,10 +1,10 @@
 """Real infrastructure for tests and local runs: a private MariaDB server and a Tansu (Kafka) broker.
 
-Nothing here is used in production. ``python -m payment_service.localparts up`` starts both by hand.
+Nothing here is used in production. ``python -m localparts up`` starts both by hand.
 """
 
-from payment_service.localparts.broker import BrokerUnavailable, TansuBroker
-from payment_service.localparts.mariadb import (
+from localparts.broker import BrokerUnavailable, TansuBroker
+from localparts.mariadb import (
     MariaDBServer,
     MariaDBUnavailable,
     create_database_at,

@@ -23,7 +23,7 @@ from urllib.parse import quote_plus
 
 import pymysql
 
-from payment_service.localparts import _proc
+from localparts import _proc
 
 _DB_NAME = re.compile(r"^[A-Za-z0-9_]{1,64}$")
 _START_DEADLINE = 60.0

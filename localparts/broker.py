@@ -21,7 +21,7 @@ from types import TracebackType
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from payment_service.localparts import _proc
+from localparts import _proc
 
 _START_DEADLINE = 30.0
 

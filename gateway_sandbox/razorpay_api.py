@@ -35,7 +35,8 @@ from werkzeug.wrappers import Response as BaseResponse
 
 from payment_service.domain.money import format_major
 
-from .core import Sandbox, StoredResponse, current_sandbox, render_challenge
+from .challenge import render_challenge
+from .core import Sandbox, StoredResponse, current_sandbox
 
 bp = Blueprint("sandbox_razorpay", __name__)
 

@@ -8,7 +8,9 @@ from typing import Any
 
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
-from .core import EXTENSION_KEY, Sandbox, SandboxConfig, create_sandbox_app
+from .app import create_sandbox_app
+from .config import SandboxConfig
+from .core import EXTENSION_KEY, Sandbox
 
 
 class QuietHandler(WSGIRequestHandler):
