@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: venv test lint dev system-deps
+.PHONY: venv test test-unit lint dev system-deps
 
 venv: $(VENV)/.installed
 
@@ -24,6 +24,10 @@ lint: venv
 
 test: venv system-deps lint
 	$(BIN)/pytest -q -p no:cacheprovider -ra
+
+# The fast lane: fakes only, no I/O, no servers started (docs/testing.md); under 30 s.
+test-unit: venv
+	$(BIN)/pytest -q -p no:cacheprovider -m unit
 
 dev: venv
 	$(BIN)/payment-service dev

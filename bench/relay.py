@@ -49,9 +49,8 @@ from payment_service.adapters.kafka_publisher import CONTENT_TYPE, Delivered, si
 from payment_service.adapters.orm import OutboxEventRow  # noqa: E402
 from payment_service.adapters.outbox import serialize_event  # noqa: E402
 from payment_service.adapters.repository import SqlOutboxRepository  # noqa: E402
-from payment_service.bootstrap import make_engine  # noqa: E402
+from payment_service.bootstrap import build_relay, make_engine  # noqa: E402
 from payment_service.domain.events import Event, EventType  # noqa: E402
-from payment_service.worker.relay import OutboxRelay  # noqa: E402
 
 SIGNING_KEY = "bench-signing-key"
 
@@ -258,7 +257,7 @@ def run(args: argparse.Namespace, db_url: str, bootstrap: str) -> None:
             if count[0] >= total:
                 confirmed.set()
 
-        relay = OutboxRelay(engine, settings_for(relay_topic), on_delivered=on_delivered, **relay_kw)
+        relay = build_relay(settings_for(relay_topic), engine, on_delivered=on_delivered, **relay_kw)
         batch_size = relay.batch_size
         thread = threading.Thread(target=relay.run, daemon=True)
         t0 = time.perf_counter()
@@ -310,7 +309,7 @@ def latency(args: argparse.Namespace, engine: Engine, db_url: str, bootstrap: st
         for d in batch:
             acks[d.event_id] = d.acked_at
 
-    relay = OutboxRelay(engine, settings_for(latency_topic), on_delivered=record_acks, binlog=binlog, **relay_kw)
+    relay = build_relay(settings_for(latency_topic), engine, on_delivered=record_acks, binlog=binlog, **relay_kw)
     thread = threading.Thread(target=relay.run, daemon=True)
     thread.start()
     while not relay.is_leader or not relay.waker.announced:  # the previous relay released the lease

@@ -15,6 +15,8 @@ from typing import Any
 
 DEV_JWT_SECRET = "dev-only-jwt-secret-change-me-0123456789abcdef"
 DEV_EVENT_SIGNING_KEY = "dev-only-event-signing-key"
+DEV_AUDIT_HMAC_KEY = "dev-only-audit-hmac-key-change-me-0123456789"
+DEV_CLIENT_SIGNING_MASTER_KEY = "dev-only-client-signing-master-key-0123456789"
 SANDBOX_STRIPE_API_KEY = "sk_test_sandbox"
 SANDBOX_STRIPE_WEBHOOK_SECRET = "whsec_sandbox_stripe"
 SANDBOX_RAZORPAY_KEY_ID = "rzp_test_sandbox"
@@ -78,6 +80,13 @@ class Settings:
     EVENT_SIGNING_KEY: str = _secret(default=DEV_EVENT_SIGNING_KEY)
     EVENT_SIGNING_KEY_ID: str = "dev-1"
 
+    # --- audit trail and signed requests (issue 12) ---
+    AUDIT_HMAC_KEY: str = _secret(default=DEV_AUDIT_HMAC_KEY)  # keys the audit rows' hash chain
+    AUDIT_SEAL_INTERVAL_SECONDS: float = 1.0  # how often the worker chains new audit rows
+    # Signing secrets of service clients are derived from this and a salt per secret (docs/auth.md).
+    CLIENT_SIGNING_MASTER_KEY: str = _secret(default=DEV_CLIENT_SIGNING_MASTER_KEY)
+    # --- end audit trail ---
+
     PENDING_3DS_TTL_SECONDS: int = 900
     # --- worker (issue 15) ---
     # The webhook applier runs back to back while events are due; this is how long it waits when none is,
@@ -111,6 +120,27 @@ class Settings:
     WITHDRAWAL_GIVE_UP_AFTER_SECONDS: int = 3600  # a bank payout the gateway never saw is failed after this
     # --- end refunds and withdrawals ---
     OUTBOX_RETENTION_SECONDS: int = 7 * 86400
+    # --- settlement reconciliation (issue 13, docs/reconciliation.md) ---
+    RECONCILE_REPORT_DIR: str = "instance/reconciliation"  # where reconcile-day writes its reports
+    RECONCILE_DAY_GATEWAYS: str = "stripe,razorpay"  # the gateways the worker reconciles each night
+    # The worker reconciles a day once this long past its midnight (UTC): late 3-D Secure completions and
+    # the PENDING sweep have settled by then. It looks every WORKER_RECONCILE_DAY_INTERVAL_SECONDS, so a
+    # failed run is retried and a worker that was down catches up.
+    RECONCILE_DAY_DELAY_SECONDS: int = 7200
+    WORKER_RECONCILE_DAY_INTERVAL_SECONDS: float = 900.0
+    # --- end settlement reconciliation ---
+    # --- canonical amounts (issue 13, docs/amounts.md) ---
+    CANONICAL_CURRENCY: str = "USD"  # every payment, refund and withdrawal also records its amount in this
+    # Reference rates in the ECB's eurofxref-daily.xml format: an http(s) URL in production, a file path
+    # (or file: URL) otherwise; empty: the sample shipped in config/fx/ (made-up rates, for dev and tests).
+    FX_RATES_URL: str = ""
+    FX_REFRESH_SECONDS: float = 4 * 3600.0
+    # A table older than this is not used (the canonical amount stays null); 0: no limit (dev, the sample).
+    # The ECB publishes on working days: over a weekend its newest table is ~3 days old, over Easter ~5.
+    FX_MAX_AGE_SECONDS: float = 5 * 86400.0
+    FX_FETCH_TIMEOUT_SECONDS: float = 10.0
+    DISPLAY_LOCALE: str = "en_IN"  # the locale of `amount_display` in responses (Babel: symbol, grouping)
+    # --- end canonical amounts ---
 
     RATE_LIMIT_USER: str = "120/minute"
     RATE_LIMIT_CLIENT: str = "1200/minute"
@@ -221,6 +251,30 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Set
     if settings.WORKER_WEBHOOK_INTERVAL_SECONDS <= 0:
         raise ConfigError("WORKER_WEBHOOK_INTERVAL_SECONDS must be positive")
     # --- end worker ---
+    # --- canonical amounts ---
+    if len(settings.CANONICAL_CURRENCY) != 3 or not settings.CANONICAL_CURRENCY.isalpha() or (
+        not settings.CANONICAL_CURRENCY.isupper()
+    ):
+        raise ConfigError("CANONICAL_CURRENCY must be an ISO 4217 code in capitals, such as USD")
+    if settings.FX_REFRESH_SECONDS <= 0 or settings.FX_FETCH_TIMEOUT_SECONDS <= 0 or settings.FX_MAX_AGE_SECONDS < 0:
+        raise ConfigError("FX_REFRESH_SECONDS and FX_FETCH_TIMEOUT_SECONDS must be positive, FX_MAX_AGE_SECONDS >= 0")
+    _check_locale(settings.DISPLAY_LOCALE)
+    # --- end canonical amounts ---
+    # --- audit trail ---
+    if len(settings.AUDIT_HMAC_KEY.encode()) < 32 or len(settings.CLIENT_SIGNING_MASTER_KEY.encode()) < 32:
+        raise ConfigError("AUDIT_HMAC_KEY and CLIENT_SIGNING_MASTER_KEY must be at least 32 bytes")
+    if settings.AUDIT_SEAL_INTERVAL_SECONDS <= 0:
+        raise ConfigError("AUDIT_SEAL_INTERVAL_SECONDS must be positive")
+    # --- end audit trail ---
     if settings.RISK_NEW_DEVICE_ACTION not in {"require_3ds", "refuse", "allow"}:
         raise ConfigError("RISK_NEW_DEVICE_ACTION must be require_3ds, refuse or allow")
     return settings
+
+
+def _check_locale(name: str) -> None:
+    from babel import Locale, UnknownLocaleError
+
+    try:
+        Locale.parse(name)
+    except (UnknownLocaleError, ValueError, TypeError):
+        raise ConfigError(f"DISPLAY_LOCALE: unknown locale {name!r} (a CLDR name such as en_IN or en_US)") from None

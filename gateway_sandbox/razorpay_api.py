@@ -611,6 +611,53 @@ def create_payment_recurring() -> Response:
     return _create_payment(recurring=True)
 
 
+# Razorpay's bounds on `from` / `to` (its error says so: "from must be between 946684800 and 4765046400").
+_MIN_TS, _MAX_TS = 946684800, 4765046400
+
+
+def _list_window(entity: str) -> Response:
+    """Razorpay's collection listing: `from` and `to` (unix seconds, both inclusive) on `created_at`,
+    `count` 1 to 100 (default 10), `skip` (default 0); newest first."""
+    sb = current_sandbox()
+    bounds: dict[str, int | None] = {}
+    for name in ("from", "to", "count", "skip"):
+        raw = request.args.get(name)
+        if raw is None or raw == "":
+            bounds[name] = None
+            continue
+        if not raw.isdigit():
+            raise RazorpayError(f"The {name} must be an integer.", field=name)
+        bounds[name] = int(raw)
+    for name in ("from", "to"):
+        value = bounds[name]
+        if value is not None and not _MIN_TS <= value <= _MAX_TS:
+            raise RazorpayError(f"{name} must be between {_MIN_TS} and {_MAX_TS}", field=name)
+    count = 10 if bounds["count"] is None else bounds["count"]
+    if not 1 <= count <= 100:
+        raise RazorpayError("The count must be between 1 and 100.", field="count")
+    skip = bounds["skip"] or 0
+    start, end = bounds["from"], bounds["to"]
+    if start is not None and end is not None and start > end:
+        raise RazorpayError("from must be less than or equal to to", field="from")
+    items = sb.store.find(
+        lambda o: o.get("entity") == entity
+        and (start is None or o["created_at"] >= start)
+        and (end is None or o["created_at"] <= end)
+    )
+    items.sort(key=lambda o: (o["created_at"], o.get("_seq", 0)), reverse=True)
+    return _json(_collection(items[skip : skip + count]))
+
+
+@bp.get("/v1/payments")
+def list_payments() -> Response:
+    return _list_window("payment")
+
+
+@bp.get("/v1/refunds")
+def list_refunds() -> Response:
+    return _list_window("refund")
+
+
 @bp.get("/v1/payments/<payment_id>")
 def fetch_payment(payment_id: str) -> Response:
     return _json(_public(_get(current_sandbox(), payment_id, "payment")))
@@ -1188,3 +1235,89 @@ def admin_update_settings() -> Response:
                 raise RazorpayError("auto_settle_result must be processed or failed", field="auto_settle_result")
             settings["auto_settle_result"] = body["auto_settle_result"]
     return _json(_public(settings))
+
+
+# ---------------------------------------------------------------- sandbox admin: settlement days
+
+
+def _admin_timestamp(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not _MIN_TS <= value <= _MAX_TS:
+        raise RazorpayError(f"{name} must be unix seconds", field=name)
+    return value
+
+
+@bp.post("/_admin/objects/<object_id>/created_at")
+def admin_set_created_at(object_id: str) -> Response:
+    """`{"created_at": <unix seconds>}`: when a payment, refund or order was made, as if on another day."""
+    sb = current_sandbox()
+    created_at = _admin_timestamp(_body().get("created_at"), "created_at")
+    with sb.store.lock:
+        obj = sb.store.get(object_id)
+        if obj is None or obj.get("entity") not in {"payment", "refund", "order"}:
+            raise RazorpayError(NOT_FOUND, field="id")
+        obj["created_at"] = created_at
+    return _json(_public(obj))
+
+
+def _bulk_refund(sb: Sandbox, payment: dict[str, Any], spec: dict[str, Any]) -> str:
+    left = payment["amount"] - payment["amount_refunded"]
+    amount = int(spec.get("amount") or left)
+    if not 0 < amount <= left:
+        raise RazorpayError(OVER_REFUND, field="amount")
+    refund = sb.store.put(
+        {
+            "id": _rid("rfnd"), "entity": "refund", "amount": amount, "currency": payment["currency"],
+            "payment_id": payment["id"], "notes": _notes(spec.get("notes")), "receipt": spec.get("receipt"),
+            "acquirer_data": {"arn": None}, "batch_id": None, "status": "processed",
+            "created_at": _admin_timestamp(spec.get("created_at", payment["created_at"]), "created_at"),
+            "speed_processed": "normal", "speed_requested": "normal", "_seq": time.monotonic_ns(),
+        }
+    )
+    payment["amount_refunded"] += amount
+    payment["refund_status"] = "full" if payment["amount_refunded"] == payment["amount"] else "partial"
+    if payment["refund_status"] == "full":
+        payment["status"] = "refunded"
+    return str(refund["id"])
+
+
+@bp.post("/_admin/bulk/payments")
+def admin_bulk_payments() -> Response:
+    """`{"items": [{"amount", "currency", "receipt", "notes", "created_at", "refunds": [{"amount", "receipt",
+    "notes", "created_at"}]}]}`: paid orders, each with its captured payment (test card tok_rzp_success),
+    made at once without webhooks, as a day of traffic would have left them. Answers their ids, in order."""
+    sb = current_sandbox()
+    items = _body().get("items")
+    if not isinstance(items, list):
+        raise RazorpayError("items must be a list", field="items")
+    card = _card_entity(TEST_TOKENS["tok_rzp_success"])
+    out: list[dict[str, Any]] = []
+    with sb.store.lock:
+        for item in items:
+            currency = str(item.get("currency") or "INR")
+            amount = _amount(item.get("amount"), currency)
+            created_at = _admin_timestamp(item.get("created_at", _now()), "created_at")
+            notes = _notes(item.get("notes"))
+            order = sb.store.put(
+                {
+                    "id": _rid("order"), "entity": "order", "amount": amount, "amount_paid": amount, "amount_due": 0,
+                    "currency": currency, "receipt": item.get("receipt"), "offer_id": None, "status": "paid",
+                    "attempts": 1, "notes": notes, "created_at": created_at, "_payment_capture": True,
+                    "_seq": time.monotonic_ns(),
+                }
+            )
+            payment = sb.store.put(
+                {
+                    "id": _rid("pay"), "entity": "payment", "amount": amount, "currency": currency,
+                    "status": "captured", "order_id": order["id"], "invoice_id": None, "international": False,
+                    "method": "card", "amount_refunded": 0, "refund_status": None, "captured": True,
+                    "description": None, "card_id": card["id"], "card": dict(card), "bank": None, "wallet": None,
+                    "vpa": None, "email": None, "contact": None, "customer_id": None, "token_id": None,
+                    "recurring": False, "notes": dict(notes), "fee": 0, "tax": 0, "error_code": None,
+                    "error_description": None, "error_source": None, "error_step": None, "error_reason": None,
+                    "acquirer_data": {}, "created_at": created_at, "_callback_url": None, "_outcome": "success",
+                    "_signature": "", "_seq": time.monotonic_ns(),
+                }
+            )
+            refunds = [_bulk_refund(sb, payment, spec) for spec in item.get("refunds") or []]
+            out.append({"id": payment["id"], "order_id": order["id"], "refunds": refunds})
+    return _json({"items": out})

@@ -704,17 +704,60 @@ def _list_payment_methods(customer_id: str, url: str) -> Response:
     return _paginate(items, url)
 
 
+_RANGE_OPS = {"gt": int.__gt__, "gte": int.__ge__, "lt": int.__lt__, "lte": int.__le__}
+
+
+def _created_filter(params: dict[str, Any]) -> Callable[[dict[str, Any]], bool]:
+    """Stripe's `created` list filter: `created=<unix ts>` (exactly), or any of `created[gt]`,
+    `created[gte]`, `created[lt]`, `created[lte]`."""
+    raw = params.get("created")
+    if raw is None or raw == "":
+        return lambda _o: True
+    if isinstance(raw, str):
+        exact = _int(params, "created")
+        return lambda o: o.get("created") == exact
+    if not isinstance(raw, dict) or not raw or set(raw) - set(_RANGE_OPS):
+        raise StripeApiError(400, "Invalid created: use created[gt], created[gte], created[lt] or created[lte]",
+                             param="created")
+    bounds = []
+    for op, value in raw.items():
+        if not isinstance(value, str) or not re.fullmatch(r"\d+", value):
+            raise StripeApiError(400, f"Invalid integer: {value}", code="parameter_invalid_integer",
+                                 param=f"created[{op}]")
+        bounds.append((_RANGE_OPS[op], int(value)))
+    return lambda o: all(cmp(int(o.get("created", 0)), bound) for cmp, bound in bounds)
+
+
 def _paginate(items: list[dict[str, Any]], url: str) -> Response:
+    """Stripe's cursor pagination: newest first, `limit` 1 to 100 (default 10), `starting_after` or
+    `ending_before` an object id of the previous page; an unknown cursor object is a 404, as at Stripe."""
     p = _params()
     limit = _int(p, "limit") or 10
     if not 1 <= limit <= 100:
         raise StripeApiError(400, "limit must be between 1 and 100", param="limit")
     items = sorted(items, key=lambda o: (o.get("created", 0), o["id"]), reverse=True)
-    after = _str(p, "starting_after")
-    if after:
+    after, before = _str(p, "starting_after"), _str(p, "ending_before")
+    if after and before:
+        raise StripeApiError(400, "You may only specify one of these parameters: starting_after, ending_before.")
+    cursor = after or before
+    if cursor:
         ids = [o["id"] for o in items]
-        items = items[ids.index(after) + 1 :] if after in ids else []
-    page = items[:limit]
+        if cursor not in ids:
+            cursor_obj = _sb().store.get(cursor)
+            if cursor_obj is None:
+                raise _missing("object", cursor, "starting_after" if after else "ending_before")
+            # The cursor object exists but is outside the filter: position it by its sort key.
+            key = (cursor_obj.get("created", 0), cursor_obj["id"])
+            if after:
+                items = [o for o in items if (o.get("created", 0), o["id"]) < key]
+            else:
+                items = [o for o in items if (o.get("created", 0), o["id"]) > key]
+        elif after:
+            items = items[ids.index(after) + 1 :]
+        else:
+            items = items[: ids.index(cursor)]
+    # ending_before: the `limit` objects just newer than the cursor, still newest first.
+    page = items[-limit:] if before else items[:limit]
     body = {"object": "list", "data": [_render(o, []) for o in page], "has_more": len(items) > limit, "url": url}
     return _json(_render(body))
 
@@ -1035,8 +1078,11 @@ def cancel_payment_intent(pi_id: str) -> Response:
 def list_payment_intents() -> Response:
     p = _params()
     customer = _str(p, "customer")
+    created = _created_filter(p)
     items = _sb().store.find(
-        lambda o: o.get("object") == "payment_intent" and (customer is None or o.get("customer") == customer)
+        lambda o: o.get("object") == "payment_intent"
+        and (customer is None or o.get("customer") == customer)
+        and created(o)
     )
     return _paginate(items, "/v1/payment_intents")
 
@@ -1186,12 +1232,28 @@ def retrieve_refund(refund_id: str) -> Response:
 def list_refunds() -> Response:
     p = _params()
     pi_id, charge_id = _str(p, "payment_intent"), _str(p, "charge")
+    created = _created_filter(p)
     items = _sb().store.find(
         lambda o: o.get("object") == "refund"
         and (pi_id is None or o.get("payment_intent") == pi_id)
         and (charge_id is None or o.get("charge") == charge_id)
+        and created(o)
     )
     return _paginate(items, "/v1/refunds")
+
+
+@bp.get("/v1/charges")
+def list_charges() -> Response:
+    p = _params()
+    pi_id, customer = _str(p, "payment_intent"), _str(p, "customer")
+    created = _created_filter(p)
+    items = _sb().store.find(
+        lambda o: o.get("object") == "charge"
+        and (pi_id is None or o.get("payment_intent") == pi_id)
+        and (customer is None or o.get("customer") == customer)
+        and created(o)
+    )
+    return _paginate(items, "/v1/charges")
 
 
 @bp.get("/v1/events/<event_id>")
@@ -1276,3 +1338,95 @@ def complete_challenge(pi_id: str) -> Response:
     response = Response(status=303)
     response.headers["Location"] = f"{return_url}{sep}{query}"
     return response
+
+
+# ---------------------------------------------------------------------------------------------
+# Sandbox admin, no API key (docs/sandbox.md): back-date objects and seed a day in bulk, for the
+# settlement reconciliation's tests and benchmark. Not in Stripe's API.
+# ---------------------------------------------------------------------------------------------
+
+
+def _admin_body() -> dict[str, Any]:
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise StripeApiError(400, "The admin API takes a JSON object.")
+    return body
+
+
+def _timestamp(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise StripeApiError(400, f"{name} must be unix seconds", param=name)
+    return value
+
+
+@bp.post("/_admin/objects/<object_id>/created")
+def admin_set_created(object_id: str) -> Response:
+    """`{"created": <unix seconds>}`: when the object was made, as if on another day. A payment intent's
+    charges move with it."""
+    created = _timestamp(_admin_body().get("created"), "created")
+    sb = _sb()
+    with sb.store.lock:
+        obj = sb.store.get(object_id)
+        if obj is None or obj.get("object") not in ("payment_intent", "charge", "refund"):
+            raise _missing("object", object_id)
+        obj["created"] = created
+        if obj["object"] == "payment_intent":
+            for charge in sb.store.find(lambda o: o.get("object") == "charge" and o.get("payment_intent") == object_id):
+                charge["created"] = created
+    return _json(_render(obj, []))
+
+
+def _bulk_refund(charge: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
+    amount = int(spec.get("amount") or charge["amount"] - charge["amount_refunded"])
+    if not 0 < amount <= charge["amount"] - charge["amount_refunded"]:
+        raise StripeApiError(400, f"Refund amount {amount} is not refundable on {charge['id']}", param="refunds")
+    refund = {
+        "id": _new_id("re"), "object": "refund", "amount": amount, "balance_transaction": _new_id("txn"),
+        "charge": charge["id"], "created": _timestamp(spec.get("created", charge["created"]), "created"),
+        "currency": charge["currency"], "metadata": dict(spec.get("metadata") or {}),
+        "payment_intent": charge["payment_intent"], "reason": None, "receipt_number": None, "status": "succeeded",
+    }
+    charge["amount_refunded"] += amount
+    charge["refunded"] = charge["amount_refunded"] >= charge["amount"]
+    return _sb().store.put(refund)
+
+
+@bp.post("/_admin/bulk/payment_intents")
+def admin_bulk_payment_intents() -> Response:
+    """`{"items": [{"amount", "currency", "metadata", "created", "refunds": [{"amount", "metadata",
+    "created"}]}]}`: succeeded payment intents (each with its charge, paid with `pm_card_visa`) made at
+    once, without webhooks, as a day of traffic would have left them. Answers their ids, in order."""
+    items = _admin_body().get("items")
+    if not isinstance(items, list):
+        raise StripeApiError(400, "items must be a list", param="items")
+    sb = _sb()
+    out: list[dict[str, Any]] = []
+    with sb.store.lock:
+        pm = _new_payment_method("visa", TEST_CARDS["visa"])
+        for item in items:
+            amount = int(item["amount"])
+            currency = str(item.get("currency", "usd")).lower()
+            _validate_amount(amount, currency)
+            created = _timestamp(item.get("created", _now()), "created")
+            pi_id = _new_id("pi")
+            pi: dict[str, Any] = {
+                "id": pi_id, "object": "payment_intent", "amount": amount, "amount_capturable": 0,
+                "amount_received": amount, "canceled_at": None, "cancellation_reason": None,
+                "capture_method": "automatic", "client_secret": f"{pi_id}_secret_bulk",
+                "confirmation_method": "automatic", "created": created, "currency": currency, "customer": None,
+                "description": None, "last_payment_error": None, "latest_charge": None, "livemode": False,
+                "metadata": {str(k): str(v) for k, v in (item.get("metadata") or {}).items()},
+                "next_action": None, "payment_method": pm["id"],
+                "payment_method_options": {"card": {"request_three_d_secure": "automatic", "installments": None,
+                                                    "mandate_options": None, "network": None}},
+                "payment_method_types": ["card"], "receipt_email": None, "setup_future_usage": None,
+                "statement_descriptor": None, "statement_descriptor_suffix": None, "status": "succeeded",
+                "_return_url": None,
+            }
+            sb.store.put(pi)
+            charge = _new_charge(pi, pm, None)
+            charge["created"] = created
+            pi["latest_charge"] = charge["id"]
+            refunds = [_bulk_refund(charge, spec)["id"] for spec in item.get("refunds") or []]
+            out.append({"id": pi_id, "charge": charge["id"], "refunds": refunds})
+    return _json({"items": out})

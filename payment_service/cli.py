@@ -1,4 +1,4 @@
-"""The `payment-service` command: serve, db, dev, sandbox (and, as they land, worker, relay, clients)."""
+"""The `payment-service` command: serve, db, worker, relay, clients (and plugin commands: `sandbox`, `dev`)."""
 
 from __future__ import annotations
 
@@ -6,16 +6,19 @@ import os
 import shutil
 import signal
 import sys
-import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from config import load_settings
+
+from . import audit_cli
+
+if TYPE_CHECKING:
+    from .adapters.api_clients import SqlAlchemyApiClientRepository
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -35,7 +38,7 @@ def db_upgrade(revision: str) -> None:
     from .adapters import migrate
 
     settings = load_settings()
-    _ensure_sqlite_dir(settings.DATABASE_URL)
+    migrate.ensure_sqlite_dir(settings.DATABASE_URL)
     migrate.upgrade(settings.DATABASE_URL, revision)
     click.echo(f"database at {revision}")
 
@@ -54,11 +57,12 @@ def db_downgrade(revision: str) -> None:
 def db_current() -> None:
     """Print the database's revision and whether it is at head."""
     from .adapters import migrate
-    from .bootstrap import make_engine
+    from .bootstrap import bootstrap
 
-    engine = make_engine(load_settings().DATABASE_URL)
-    with engine.connect() as conn:
+    container = bootstrap(load_settings(), pool_size=1)
+    with container.engine.connect() as conn:
         current = migrate.current_revisions(conn)
+    container.close()
     heads = migrate.head_revisions()
     click.echo(f"current: {', '.join(sorted(current)) or '(empty)'}; head: {', '.join(sorted(heads))}")
     sys.exit(0 if current == heads else 1)
@@ -105,144 +109,6 @@ def serve(bind: str, workers: int, worker_class: str, worker_connections: int, t
     os.execv(gunicorn, args)  # noqa: S606 - replace this process with gunicorn, same environment
 
 
-@main.command()
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", type=int, default=12111, show_default=True)
-def sandbox(host: str, port: int) -> None:
-    """Run the gateway sandbox (Stripe and Razorpay test APIs). See docs/sandbox.md."""
-    # Before anything imports socket, ssl or threading users (Flask, requests): the sandbox runs under
-    # gunicorn's gevent worker, and its webhook thread and `latency` faults must yield, not block.
-    from gevent import monkey
-
-    monkey.patch_all()
-    from gateway_sandbox.config import config_from_env
-    from gateway_sandbox.server import serve_forever
-
-    cfg = config_from_env()
-    cfg.public_url = os.environ.get("SANDBOX_PUBLIC_URL", f"http://{host}:{port}")
-    click.echo(f"gateway sandbox on http://{host}:{port} (Stripe: /stripe, Razorpay: /razorpay, admin: /_sandbox)")
-    serve_forever(cfg, host, port)
-
-
-def _ensure_sqlite_dir(url: str) -> None:
-    if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-
-
-def _port_free(port: int, host: str = "127.0.0.1") -> bool:
-    import socket
-
-    with socket.socket() as s:
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
-def _pick_port(preferred: int) -> int:
-    from gateway_sandbox.server import free_port
-
-    return preferred if _port_free(preferred) else free_port()
-
-
-@main.command()
-@click.option("--port", type=int, default=8000, show_default=True, help="API port")
-@click.option("--sandbox-port", type=int, default=12111, show_default=True)
-@click.option("--broker-port", type=int, default=19092, show_default=True)
-def dev(port: int, sandbox_port: int, broker_port: int) -> None:
-    """Everything locally: a SQLite database (migrated), a local Kafka-compatible broker, the gateway
-    sandbox and the API, in one process. Ctrl-C stops it all."""
-    from werkzeug.serving import make_server
-
-    from gateway_sandbox import SandboxConfig
-    from gateway_sandbox.server import SandboxServer
-    from localparts.broker import TansuBroker
-
-    from .adapters import migrate
-    from .api import create_app
-
-    port, sandbox_port, broker_port = _pick_port(port), _pick_port(sandbox_port), _pick_port(broker_port)
-    db_url = os.environ.get("DATABASE_URL", "sqlite:///instance/payment-service.sqlite3")
-    _ensure_sqlite_dir(db_url)
-    migrate.upgrade(db_url)
-
-    broker = TansuBroker(port=broker_port)
-    broker.start()
-    api_url = f"http://127.0.0.1:{port}"
-    sandbox_server = SandboxServer(
-        SandboxConfig(
-            stripe_webhook_url=f"{api_url}/webhooks/stripe",
-            razorpay_webhook_url=f"{api_url}/webhooks/razorpay",
-        ),
-        port=sandbox_port,
-    ).start()
-
-    overrides: dict[str, Any] = {
-        "DATABASE_URL": db_url,
-        "KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap,
-        "STRIPE_API_BASE": sandbox_server.stripe_api_base,
-        "RAZORPAY_API_BASE": sandbox_server.razorpay_api_base,
-    }
-    for name, value in overrides.items():
-        os.environ.setdefault(name, str(value))
-    settings = load_settings()
-    app = create_app(settings)
-    server = make_server("127.0.0.1", port, app, threaded=True)
-
-    click.echo(
-        "\npayment-service dev is up:\n"
-        f"  API             {api_url}  (docs {api_url}/docs, ready {api_url}/readyz)\n"
-        f"  database        {settings.DATABASE_URL}\n"
-        f"  Kafka broker    {broker.bootstrap}  (topic {settings.EVENTS_TOPIC})\n"
-        f"  gateway sandbox {sandbox_server.url}  (Stripe {sandbox_server.stripe_api_base}, "
-        f"Razorpay {sandbox_server.razorpay_api_base})\n"
-        f"  demo user token {_demo_token(settings)}\n"
-        "Ctrl-C stops everything.\n"
-    )
-    stop = threading.Event()
-
-    def _shutdown(*_a: Any) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, _shutdown)
-    signal.signal(signal.SIGINT, _shutdown)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    # --- relay: publishes the outbox to the local broker ---
-    dev_relay, relay_thread = _start_dev_relay(settings)
-    # --- end relay ---
-    # --- worker: applies webhooks, expires 3-D Secure, reconciles ---
-    from .worker.jobs import Worker
-
-    dev_worker = Worker(app.extensions["payment_service"])
-    dev_worker.start()
-    # --- end worker ---
-    try:
-        while not stop.is_set():
-            time.sleep(0.2)
-    finally:
-        dev_worker.shutdown(wait=False)
-        # --- relay ---
-        dev_relay.stop()
-        relay_thread.join(15)
-        # --- end relay ---
-        server.shutdown()
-        sandbox_server.stop()
-        broker.stop()
-        click.echo("stopped")
-
-
-def _demo_token(settings: Any) -> str:
-    import jwt
-
-    if not settings.JWT_SECRET:
-        return "(RS256 configured: no demo token)"
-    claims = {"sub": "u_demo", "aud": settings.JWT_AUDIENCE, "exp": int(time.time()) + 86400}
-    if settings.JWT_ISSUER:
-        claims["iss"] = settings.JWT_ISSUER
-    return jwt.encode(claims, settings.JWT_SECRET, algorithm="HS256")
-
 
 
 # --- worker: webhook applier and scheduled jobs (payment_service/worker/jobs.py) -----------
@@ -268,26 +134,77 @@ def worker(once: bool) -> None:
 # --- end worker ----------------------------------------------------------------------------
 
 
+# --- settlement reconciliation (issue 13, docs/reconciliation.md) ---------------------------
+
+
+@main.command("reconcile-day")
+@click.option("--date", "day", required=True, type=click.DateTime(formats=["%Y-%m-%d"]),
+              help="the UTC day to reconcile, YYYY-MM-DD")
+@click.option("--gateway", type=click.Choice(["stripe", "razorpay"]), default=None,
+              help="one gateway (default: both)")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="where to write the reports (default: RECONCILE_REPORT_DIR)")
+def reconcile_day(day: Any, gateway: str | None, out_dir: str | None) -> None:
+    """Compare a day of the gateway's charges and refunds with ours; report what differs, change nothing.
+
+    Writes reconcile-<gateway>-<day>.jsonl (one JSON object per difference) and .txt (a summary) per
+    gateway, records each run in reconcile_runs, prints the summaries, and exits 1 when anything
+    differs (2 when a run could not finish)."""
+    from .adapters.reconciliation_store import write_report
+    from .bootstrap import bootstrap
+    from .domain.events import utcnow
+    from .observability import configure_logging
+    from .services import reconciliation
+
+    settings = load_settings()
+    configure_logging(settings.LOG_LEVEL, settings.LOG_FORMAT)
+    container = bootstrap(settings)
+    target = out_dir or settings.RECONCILE_REPORT_DIR
+    ledger, runs = container.settlement()
+    differing = failed = False
+    try:
+        for name in [gateway] if gateway else ["stripe", "razorpay"]:
+            try:
+                report = reconciliation.run_day(
+                    container.gateways()[name], ledger, runs, day.date(), utcnow,
+                    write_report=lambda r: write_report(target, r),
+                )
+            except Exception as exc:  # noqa: BLE001 - recorded on the run; the other gateway still runs
+                click.echo(f"reconciliation {name} {day.date().isoformat()}: FAILED ({type(exc).__name__}: {exc})",
+                           err=True)
+                failed = True
+                continue
+            assert report is not None  # not exclusive: always runs
+            click.echo(report.summary())
+            differing = differing or not report.clean
+    finally:
+        container.close()
+    sys.exit(2 if failed else 1 if differing else 0)
+
+
+# --- end settlement reconciliation -----------------------------------------------------------
+
+
 # --- clients: service clients and their API keys ---------------------------------------
 
 
 @contextmanager
-def _api_clients() -> Iterator[Any]:
-    """A repository in one transaction on DATABASE_URL: committed if the command succeeds."""
-    from sqlalchemy.orm import Session
-
-    from .adapters.api_clients import SqlAlchemyApiClientRepository
-    from .bootstrap import make_engine
+def _api_clients() -> Iterator[SqlAlchemyApiClientRepository]:
+    """The client store in one transaction on DATABASE_URL (bootstrap's): committed if the command succeeds."""
+    from .audit_cli import cli_actor
+    from .bootstrap import bootstrap
+    from .domain import audit
     from .domain.errors import DomainError
 
-    engine = make_engine(load_settings().DATABASE_URL)
+    container = bootstrap(load_settings(), pool_size=1)
     try:
-        with Session(engine) as session, session.begin():
-            yield SqlAlchemyApiClientRepository(session)
+        # Every client or key operation writes its audit row, as cli:<operator>, in this transaction.
+        with audit.acting_as(cli_actor()), container.api_clients() as repo:
+            yield repo
     except DomainError as exc:
         raise click.ClickException(exc.detail) from None
     finally:
-        engine.dispose()
+        container.close()
 
 
 def _echo_issued(issued: Any, what: str) -> None:
@@ -304,12 +221,61 @@ def clients() -> None:
 @clients.command("create")
 @click.argument("name")
 @click.option("--scope", "scopes", multiple=True, required=True, help="payments:read, payments:refund, "
-              "withdrawals:write or withdrawals:read; repeat for several")
-def clients_create(name: str, scopes: tuple[str, ...]) -> None:
+              "withdrawals:write, withdrawals:read or audit:read; repeat for several")
+@click.option("--require-signing", is_flag=True, help="its mutations must carry X-Signature; prints the signing "
+              "secret once (docs/auth.md)")
+def clients_create(name: str, scopes: tuple[str, ...], require_signing: bool) -> None:
     """Create client NAME with its first API key (printed once)."""
     with _api_clients() as repo:
         issued = repo.create_client(name, scopes)
+        secret = repo.enable_signing(name, load_settings().CLIENT_SIGNING_MASTER_KEY) if require_signing else None
     _echo_issued(issued, "created")
+    if secret is not None:
+        _echo_signing_secret(secret)
+
+
+# --- signed requests (issue 12) ---
+
+
+def _echo_signing_secret(issued: Any) -> None:
+    click.echo(f"signing secret {issued.prefix} for client {issued.client_name}")
+    click.echo("signing secret (shown once, store it now; it cannot be shown again):")
+    click.echo(issued.secret)
+
+
+@clients.command("require-signing")
+@click.argument("name")
+@click.option("--off", is_flag=True, help="stop requiring signatures (the secrets are kept)")
+def clients_require_signing(name: str, off: bool) -> None:
+    """Require X-Signature on every mutation of NAME (a first signing secret is printed if it has none)."""
+    with _api_clients() as repo:
+        if off:
+            changed = repo.disable_signing(name)
+            secret = None
+        else:
+            secret = repo.enable_signing(name, load_settings().CLIENT_SIGNING_MASTER_KEY)
+    if off:
+        click.echo(f"client {name} {'no longer requires' if changed else 'did not require'} signed mutations")
+        return
+    click.echo(f"client {name} now requires signed mutations")
+    if secret is not None:
+        _echo_signing_secret(secret)
+
+
+@clients.command("rotate-signing-secret")
+@click.argument("name")
+@click.option("--expire-old-in", type=click.IntRange(min=0), default=None, metavar="SECONDS",
+              help="older signing secrets stop working after SECONDS (default: they stay valid until revoked)")
+def clients_rotate_signing_secret(name: str, expire_old_in: int | None) -> None:
+    """Issue a new signing secret for NAME; signatures with either are accepted during the overlap."""
+    with _api_clients() as repo:
+        secret = repo.rotate_signing_secret(name, load_settings().CLIENT_SIGNING_MASTER_KEY, expire_old_in)
+    _echo_signing_secret(secret)
+    if expire_old_in is not None:
+        click.echo(f"older signing secrets expire in {expire_old_in} s")
+
+
+# --- end signed requests ---
 
 
 @clients.command("rotate")
@@ -387,14 +353,13 @@ def relay() -> None:
     from prometheus_client import start_http_server
 
     from .adapters.outbox_metrics import install_outbox_collector
-    from .bootstrap import make_engine
+    from .bootstrap import build_relay
     from .observability import configure_logging
-    from .worker.relay import OutboxRelay
 
     settings = load_settings()
     configure_logging(settings.LOG_LEVEL, settings.LOG_FORMAT)
-    engine = make_engine(settings.DATABASE_URL, pool_size=2, max_overflow=2)
-    outbox_relay = OutboxRelay(engine, settings)
+    outbox_relay = build_relay(settings)
+    engine = outbox_relay.store.engine
 
     def _stop(*_a: Any) -> None:
         outbox_relay.stop()
@@ -413,18 +378,25 @@ def relay() -> None:
         engine.dispose()
 
 
-def _start_dev_relay(settings: Any) -> tuple[Any, threading.Thread]:
-    """The relay of `payment-service dev`, in a thread of that process (its metrics are on the API's /metrics)."""
-    from .bootstrap import make_engine
-    from .worker.relay import OutboxRelay
-
-    outbox_relay = OutboxRelay(make_engine(settings.DATABASE_URL), settings)
-    thread = threading.Thread(target=outbox_relay.run, name="outbox-relay", daemon=True)
-    thread.start()
-    return outbox_relay, thread
-
-
 # --- end relay -----------------------------------------------------------------------------
+
+
+def _add_plugin_commands() -> None:
+    """Commands other installed packages add (entry point group `payment_service.commands`): the
+    local-parts package adds `sandbox` and `dev` (localparts/commands.py). The product names none of them."""
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group="payment_service.commands"):
+        try:
+            command = ep.load()
+        except ImportError:  # declared by a package that is not importable here
+            continue
+        main.add_command(command, ep.name)
+
+
+_add_plugin_commands()
+# --- audit trail (issue 12): verify, seal, export, purge ---
+main.add_command(audit_cli.audit)
 
 
 if __name__ == "__main__":

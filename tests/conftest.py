@@ -20,6 +20,11 @@ import pytest
 from localparts.broker import TansuBroker
 from localparts.mariadb import MariaDBServer, create_database_at, drop_database_at
 
+# The lanes: `unit` / `integration` / `e2e` markers from each test's directory, and no I/O in `unit`.
+pytest_plugins = ["tests.support.lanes", "tests.support.event_contract"]
+# tests.support.event_contract: every event a test reads from an events topic (TopicReader) is checked
+# against the AsyncAPI document as it is read, and the session broker's events topics whole at the end.
+
 # --- real parts ---------------------------------------------------------------------------
 
 
@@ -64,6 +69,9 @@ def kafka_broker() -> Iterator[TansuBroker]:
         pytest.skip("TEST_KAFKA_BOOTSTRAP_SERVERS is set: no private broker in this run")
     with TansuBroker() as broker:
         yield broker
+        from tests.support.event_contract import check_event_topics
+
+        check_event_topics(broker.bootstrap)  # every event published in the session, read or not
 
 
 @pytest.fixture(scope="session")

@@ -1,8 +1,11 @@
-"""Service clients and their API keys, over the `api_clients` and `api_keys` tables.
+"""Service clients, their API keys and signing secrets, over `api_clients`, `api_keys`, `api_signing_secrets`.
 
 The session's life belongs to the caller (the CLI, a request): these methods flush but never
-commit. Only the SHA-256 of a key and its display prefix are stored; the plaintext leaves
-`create_client`, `add_key` and `rotate` once, in an `IssuedKey`, and is not kept anywhere.
+commit. Only the SHA-256 of a key and its
+display prefix are stored; the plaintext leaves `create_client`, `add_key` and `rotate` once, in an
+`IssuedKey`, and is not kept anywhere. A signing secret is not stored at all: a random salt is, and
+the secret is derived from it and CLIENT_SIGNING_MASTER_KEY when a signature is checked. Every
+administrative operation writes its audit row in the same transaction.
 """
 
 from __future__ import annotations
@@ -10,17 +13,18 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import Engine, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from ..domain import ids
+from ..domain import audit, ids
 from ..domain.errors import Conflict, NotFound, ValidationFailed
 from ..domain.events import utcnow
 from ..domain.principal import Principal
 from ..services import api_keys
-from ..services.api_keys import ClientInfo, IssuedKey, KeyInfo
-from .orm import ApiClientRow, ApiKeyRow
+from ..services.api_keys import ClientInfo, IssuedKey, IssuedSigningSecret, KeyInfo
+from .audit_store import SqlAuditLog
+from .orm import ApiClientRow, ApiKeyRow, ApiSigningSecretRow, RequestSignatureRow
 
 
 class SqlAlchemyApiClientRepository:
@@ -40,20 +44,88 @@ class SqlAlchemyApiClientRepository:
         if not api_keys.looks_like_key(plaintext):
             return None
         row = self.session.execute(
-            select(ApiKeyRow.expires_at, ApiKeyRow.revoked_at, ApiClientRow)
+            select(ApiKeyRow.expires_at, ApiKeyRow.revoked_at, ApiKeyRow.prefix, ApiClientRow)
             .join(ApiClientRow, ApiClientRow.id == ApiKeyRow.client_id)
             .where(ApiKeyRow.key_hash == api_keys.hash_key(plaintext))
         ).one_or_none()
         if row is None:
             return None
-        expires_at, revoked_at, client = row
+        expires_at, revoked_at, prefix, client = row
         if revoked_at is not None or client.disabled_at is not None:
             return None
         if expires_at is not None and expires_at <= self.now():
             return None
         return Principal(
-            kind="client", id=client.id, scopes=api_keys.scopes_from_column(client.scopes), name=client.name
+            kind="client", id=client.id, scopes=api_keys.scopes_from_column(client.scopes), name=client.name,
+            key_prefix=prefix, require_signing=bool(client.require_signing),
         )
+
+    # --- signed requests (every mutation of a client that requires signing) ---
+
+    def signing_secrets(self, client_id: str, master_key: str) -> list[str]:
+        """The client's signing secrets that are valid now (several during a rotation's overlap)."""
+        now = self.now()
+        rows = self.session.execute(
+            select(ApiSigningSecretRow.salt, ApiSigningSecretRow.expires_at)
+            .where(ApiSigningSecretRow.client_id == client_id, ApiSigningSecretRow.revoked_at.is_(None))
+            .order_by(ApiSigningSecretRow.id.desc())
+        ).all()
+        return [api_keys.derive_signing_secret(master_key, client_id, salt)
+                for salt, expires_at in rows if expires_at is None or expires_at > now]
+
+    def remember_signature(self, client_id: str, token: str, expires_at: datetime) -> bool:
+        """Record a signature as used; False if it was used before (a replay). The caller commits at once
+        (api/auth.py, before the view runs): the record holds whatever the request does next, and another
+        API process inserting the same signature waits on the key and then finds it taken."""
+        try:
+            with self.session.begin_nested():
+                self.session.execute(
+                    insert(RequestSignatureRow).values(signature_hash=token, client_id=client_id, expires_at=expires_at)
+                )
+        except IntegrityError:
+            return False
+        return True
+
+    def enable_signing(self, name: str, master_key: str) -> IssuedSigningSecret | None:
+        """Require signed mutations from client NAME; a first signing secret if it has no valid one
+        (returned once), else None."""
+        client = self._active_client(name)
+        client.require_signing = True
+        issued = None if self.signing_secrets(client.id, master_key) else self._issue_secret(client, master_key)
+        self.session.flush()
+        self._audit("client.signing.require", client, "signed mutations required"
+                    + (f"; signing secret {issued.prefix} issued" if issued else ""))
+        return issued
+
+    def disable_signing(self, name: str) -> bool:
+        """Stop requiring signatures (secrets are kept). False if it was not required."""
+        client = self._require(name)
+        if not client.require_signing:
+            return False
+        client.require_signing = False
+        self.session.flush()
+        self._audit("client.signing.unrequire", client, "signed mutations no longer required")
+        return True
+
+    def rotate_signing_secret(
+        self, name: str, master_key: str, expire_old_in: int | None = None
+    ) -> IssuedSigningSecret:
+        """A new signing secret; with `expire_old_in` seconds the older ones stop working then (both sign
+        during the overlap), without it they stay valid until revoked."""
+        if expire_old_in is not None and expire_old_in < 0:
+            raise ValidationFailed("expire_old_in must be 0 or more seconds", field="expire_old_in")
+        client = self._active_client(name)
+        if expire_old_in is not None:
+            deadline = self.now() + timedelta(seconds=expire_old_in)
+            for row in self.session.execute(
+                select(ApiSigningSecretRow).where(ApiSigningSecretRow.client_id == client.id).with_for_update()
+            ).scalars():
+                if row.revoked_at is None and (row.expires_at is None or row.expires_at > deadline):
+                    row.expires_at = deadline
+        issued = self._issue_secret(client, master_key)
+        self._audit("client.signing.rotate", client, f"signing secret {issued.prefix} issued"
+                    + (f"; older ones expire in {expire_old_in} s" if expire_old_in is not None else ""))
+        return issued
 
     # --- administration (the `payment-service clients` commands) ---
 
@@ -75,6 +147,7 @@ class SqlAlchemyApiClientRepository:
             self.session.flush()
         except IntegrityError:  # a concurrent create with the same name won the UNIQUE(name)
             raise Conflict(f"a client named {name!r} already exists", field="name") from None
+        self._audit("client.create", client, f"client {name} created with scopes {client.scopes}")
         return self._issue(client)
 
     def add_key(self, name: str) -> IssuedKey:
@@ -97,6 +170,7 @@ class SqlAlchemyApiClientRepository:
             for key in self._keys(client.id):
                 if key.revoked_at is None and (key.expires_at is None or key.expires_at > deadline):
                     key.expires_at = deadline
+            self._audit("client.key.rotate", client, f"older keys expire in {expire_old_in} s")
         return self._issue(client)
 
     def revoke(self, name: str, key_prefix: str | None = None) -> int:
@@ -115,6 +189,7 @@ class SqlAlchemyApiClientRepository:
         count: int = self.session.execute(stmt, execution_options={"synchronize_session": False}).rowcount  # type: ignore[attr-defined]
         if key_prefix is not None and count == 0:
             raise NotFound(f"client {name!r} has no unrevoked key with prefix {key_prefix!r}", field="key_prefix")
+        self._audit("client.key.revoke", client, f"{count} key(s) revoked" + (f": {key_prefix}" if key_prefix else ""))
         return count
 
     def disable(self, name: str) -> bool:
@@ -124,6 +199,7 @@ class SqlAlchemyApiClientRepository:
             return False
         client.disabled_at = self.now()
         self.session.flush()
+        self._audit("client.disable", client, f"client {name} disabled")
         return True
 
     def list_clients(self) -> list[ClientInfo]:
@@ -137,6 +213,9 @@ class SqlAlchemyApiClientRepository:
         by_client: dict[str, list[KeyInfo]] = {}
         for client_id, prefix, created_at, expires_at, revoked_at in keys:
             by_client.setdefault(client_id, []).append(KeyInfo(prefix, created_at, expires_at, revoked_at))
+        by_secret: dict[str, list[KeyInfo]] = {}
+        for s in self.session.execute(select(ApiSigningSecretRow).order_by(ApiSigningSecretRow.id)).scalars():
+            by_secret.setdefault(s.client_id, []).append(KeyInfo(s.prefix, s.created_at, s.expires_at, s.revoked_at))
         return [
             ClientInfo(
                 id=c.id,
@@ -145,6 +224,8 @@ class SqlAlchemyApiClientRepository:
                 created_at=c.created_at,
                 disabled_at=c.disabled_at,
                 keys=tuple(by_client.get(c.id, ())),
+                require_signing=bool(c.require_signing),
+                signing_secrets=tuple(by_secret.get(c.id, ())),
             )
             for c in clients
         ]
@@ -165,6 +246,7 @@ class SqlAlchemyApiClientRepository:
             )
         )
         self.session.flush()
+        self._audit("client.key.issue", client, f"API key {api_keys.display_prefix(key)} issued")
         return IssuedKey(
             client_id=client.id,
             client_name=client.name,
@@ -172,6 +254,22 @@ class SqlAlchemyApiClientRepository:
             prefix=api_keys.display_prefix(key),
             created_at=created_at,
         )
+
+    def _issue_secret(self, client: ApiClientRow, master_key: str) -> IssuedSigningSecret:
+        salt = api_keys.generate_salt()
+        secret = api_keys.derive_signing_secret(master_key, client.id, salt)
+        created_at = self.now()
+        prefix = api_keys.display_prefix(secret)
+        self.session.add(ApiSigningSecretRow(client_id=client.id, prefix=prefix, salt=salt, created_at=created_at,
+                                             expires_at=None, revoked_at=None))
+        self.session.flush()
+        return IssuedSigningSecret(client.id, client.name, secret, prefix, created_at)
+
+    def _audit(self, action: str, client: ApiClientRow, summary: str) -> None:
+        # In the command's own transaction: the operation and its audit row commit together.
+        SqlAuditLog(self.session).add(audit.event(
+            self.now(), action, audit.SUCCEEDED, summary, resource_type="api_client", resource_id=client.id,
+        ))
 
     def _find(self, name: str) -> ApiClientRow | None:
         return self.session.execute(select(ApiClientRow).where(ApiClientRow.name == name)).scalar_one_or_none()
@@ -192,3 +290,10 @@ class SqlAlchemyApiClientRepository:
         return list(
             self.session.execute(select(ApiKeyRow).where(ApiKeyRow.client_id == client_id).with_for_update()).scalars()
         )
+
+
+def purge_request_signatures(engine: Engine, now: datetime) -> int:
+    """Forget signatures past their tolerance window (they can no longer be replayed); rows deleted."""
+    with engine.begin() as conn:
+        result = conn.execute(delete(RequestSignatureRow).where(RequestSignatureRow.expires_at < now))
+    return int(result.rowcount)

@@ -51,3 +51,9 @@ def _code_heads() -> frozenset[str]:
 
 def at_head(connection: Connection) -> bool:
     return current_revisions(connection) == _code_heads()
+
+
+def ensure_sqlite_dir(url: str) -> None:
+    """A relative SQLite URL's directory (instance/ for `dev`) exists before the first connection."""
+    if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)

@@ -6,11 +6,14 @@ Money is BIGINT minor units. Long JSON documents are TEXT (MEDIUMTEXT on MySQL).
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
+    Date,
     DateTime,
     Dialect,
     ForeignKey,
@@ -20,6 +23,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.dialects import mysql
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -54,6 +58,26 @@ class UTCDateTime(TypeDecorator[datetime]):
 
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         return None if value is None else value.replace(tzinfo=UTC)
+
+
+class FxRate(TypeDecorator[Decimal]):
+    """An exchange rate: DECIMAL(38, 20) on MySQL; its exact decimal text on SQLite (no native decimal)."""
+
+    impl = String(40)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> Any:
+        if dialect.name in ("mysql", "mariadb"):
+            return dialect.type_descriptor(mysql.DECIMAL(precision=38, scale=20))
+        return dialect.type_descriptor(String(40))
+
+    def process_bind_param(self, value: Decimal | None, dialect: Dialect) -> Any:
+        if value is None or dialect.name in ("mysql", "mariadb"):
+            return value
+        return str(value)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> Decimal | None:
+        return None if value is None else Decimal(str(value))
 
 
 LongText = Text().with_variant(mysql.MEDIUMTEXT(), "mysql").with_variant(mysql.MEDIUMTEXT(), "mariadb")
@@ -98,6 +122,11 @@ class PaymentRow(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     last_error: Mapped[str | None] = mapped_column(Text)
+    # Issue 13 (0006): the amount in CANONICAL_CURRENCY, the rate used and the rate's time (domain/fx.py).
+    canonical_amount: Mapped[int | None] = mapped_column(BigInteger)
+    canonical_currency: Mapped[str | None] = mapped_column(String(3))
+    fx_rate: Mapped[Decimal | None] = mapped_column(FxRate)
+    fx_rate_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     __table_args__ = (
         UniqueConstraint("gateway", "gateway_payment_id"),
@@ -105,6 +134,8 @@ class PaymentRow(Base):
         Index("ix_payments_user_created", "user_id", "created_at", "id"),
         # Every sweep (reconciliation of PENDING, expiry of PENDING_3DS): status = ? AND next_attempt_at <= now.
         Index("ix_payments_status_next", "status", "next_attempt_at"),
+        # Settlement reconciliation (0005): one gateway's payments of a day.
+        Index("ix_payments_gateway_created", "gateway", "created_at"),
     )
 
 
@@ -163,11 +194,17 @@ class RefundRow(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     last_error: Mapped[str | None] = mapped_column(Text)
+    # Issue 13 (0006): the amount in CANONICAL_CURRENCY, the rate used and the rate's time (domain/fx.py).
+    canonical_amount: Mapped[int | None] = mapped_column(BigInteger)
+    canonical_currency: Mapped[str | None] = mapped_column(String(3))
+    fx_rate: Mapped[Decimal | None] = mapped_column(FxRate)
+    fx_rate_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     __table_args__ = (
         UniqueConstraint("gateway_refund_id"),
         Index("ix_refunds_payment", "payment_id"),
         Index("ix_refunds_status_next", "status", "next_attempt_at"),
+        Index("ix_refunds_created", "created_at"),  # settlement reconciliation (0005): a day's refunds
     )
 
 
@@ -196,6 +233,11 @@ class WithdrawalRequestRow(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     last_error: Mapped[str | None] = mapped_column(Text)
+    # Issue 13 (0006): the amount in CANONICAL_CURRENCY, the rate used and the rate's time (domain/fx.py).
+    canonical_amount: Mapped[int | None] = mapped_column(BigInteger)
+    canonical_currency: Mapped[str | None] = mapped_column(String(3))
+    fx_rate: Mapped[Decimal | None] = mapped_column(FxRate)
+    fx_rate_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     __table_args__ = (
         UniqueConstraint("gateway_payout_id"),
@@ -291,6 +333,8 @@ class ApiClientRow(Base):
     scopes: Mapped[str] = mapped_column(String(255))  # space-separated
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     disabled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Signed requests (0004): mutations must carry X-Signature (docs/auth.md).
+    require_signing: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     __table_args__ = (UniqueConstraint("name"),)
 
@@ -330,3 +374,118 @@ class RelayLeaseRow(Base):
 
 
 # --- end relay ------------------------------------------------------------------------------
+
+
+# --- audit trail and signed requests (migration 0004) -------------------------------------
+
+
+class AuditEventRow(Base):
+    """Append-only: inserted in the transaction of what it records; `seq`, `prev_hash` and `hash` are
+    filled once by the sealer (adapters/audit_store.py), never changed after."""
+
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(AutoId, primary_key=True, autoincrement=True)
+    occurred_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    actor: Mapped[str] = mapped_column(String(100))  # user:<sub>, client:<id>, gateway:<name>, job:<name>, cli:<who>
+    actor_key_prefix: Mapped[str | None] = mapped_column(String(16))  # the API key's display prefix
+    action: Mapped[str] = mapped_column(String(64))
+    resource_type: Mapped[str | None] = mapped_column(String(32))
+    resource_id: Mapped[str | None] = mapped_column(String(64))
+    outcome: Mapped[str] = mapped_column(String(16))
+    http_status: Mapped[int | None] = mapped_column(Integer)
+    request_id: Mapped[str | None] = mapped_column(String(128))
+    source: Mapped[str | None] = mapped_column(String(45))
+    summary: Mapped[str] = mapped_column(String(255))
+    seq: Mapped[int | None] = mapped_column(BigInteger)
+    prev_hash: Mapped[str | None] = mapped_column(String(64))
+    hash: Mapped[str | None] = mapped_column(String(64))
+
+    __table_args__ = (
+        # The sealer's scan (seq IS NULL ORDER BY id) and verify's walk (ORDER BY seq).
+        UniqueConstraint("seq"),
+        # GET /audit-events filters, newest first.
+        Index("ix_audit_events_resource", "resource_id", "id"),
+        Index("ix_audit_events_actor", "actor", "id"),
+        Index("ix_audit_events_occurred", "occurred_at", "id"),
+    )
+
+
+class AuditChainRow(Base):
+    """The chain's head (last sealed seq and hash) and anchor (where it starts after a purge); one row,
+    id 1, with an HMAC over both so it cannot be rewritten without AUDIT_HMAC_KEY."""
+
+    __tablename__ = "audit_chain"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    last_seq: Mapped[int] = mapped_column(BigInteger)
+    last_hash: Mapped[str] = mapped_column(String(64))
+    anchor_seq: Mapped[int] = mapped_column(BigInteger)
+    anchor_hash: Mapped[str] = mapped_column(String(64))
+    mac: Mapped[str | None] = mapped_column(String(64))
+
+
+class ApiSigningSecretRow(Base):
+    """A client's request-signing secrets: only a random salt is kept; the secret is derived from it
+    and CLIENT_SIGNING_MASTER_KEY (services/api_keys.py), so the table alone reveals none."""
+
+    __tablename__ = "api_signing_secrets"
+
+    id: Mapped[int] = mapped_column(AutoId, primary_key=True, autoincrement=True)
+    client_id: Mapped[str] = mapped_column(ForeignKey("api_clients.id"))
+    prefix: Mapped[str] = mapped_column(String(16))
+    salt: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    __table_args__ = (Index("ix_api_signing_secrets_client", "client_id"),)
+
+
+class RequestSignatureRow(Base):
+    """Signatures seen within their tolerance window: a second use is a replay (shared by every API process)."""
+
+    __tablename__ = "request_signatures"
+
+    signature_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    client_id: Mapped[str] = mapped_column(String(40))
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    __table_args__ = (Index("ix_request_signatures_expires", "expires_at"),)
+
+
+# --- end audit trail and signed requests --------------------------------------------------
+
+
+# --- settlement reconciliation (migration 0005) -----------------------------------------------
+
+
+class ReconcileRunRow(Base):
+    """One run of the daily settlement reconciliation (`payment-service reconcile-day`, the nightly job)."""
+
+    __tablename__ = "reconcile_runs"
+
+    id: Mapped[int] = mapped_column(AutoId, primary_key=True, autoincrement=True)
+    day: Mapped[date] = mapped_column(Date)
+    gateway: Mapped[str] = mapped_column(String(16))
+    trigger: Mapped[str] = mapped_column(String(16))  # cli, nightly
+    claim_key: Mapped[str | None] = mapped_column(String(64))  # nightly:<day>:<gateway>; one worker runs it
+    status: Mapped[str] = mapped_column(String(16))  # RUNNING, CLEAN, DIFFERENCES, FAILED
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    gateway_charges: Mapped[int | None] = mapped_column(Integer)
+    gateway_refunds: Mapped[int | None] = mapped_column(Integer)
+    our_payments: Mapped[int | None] = mapped_column(Integer)
+    our_refunds: Mapped[int | None] = mapped_column(Integer)
+    differences: Mapped[int | None] = mapped_column(Integer)
+    report_location: Mapped[str | None] = mapped_column(String(512))
+    report: Mapped[str | None] = mapped_column(LongText)  # JSON: counts by kind, the first 1,000 differences
+    error: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (
+        UniqueConstraint("claim_key"),
+        Index("ix_reconcile_runs_gateway_day", "gateway", "day"),
+    )
+
+
+# --- end settlement reconciliation ------------------------------------------------------------

@@ -26,8 +26,8 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from ..domain import lifecycle
-from ..domain.events import Event
+from ..domain import audit, lifecycle
+from ..domain.events import Event, utcnow
 from ..domain.payments import (
     IdempotencyRecord,
     InboxEvent,
@@ -40,6 +40,8 @@ from ..domain.payments import (
 )
 from ..domain.withdrawals import Withdrawal
 from ..services import unit_of_work as abstract
+from ..services.audit import AuditLog
+from .audit_store import SqlAuditLog
 from .orm import (
     Base,
     GatewayCustomerRow,
@@ -328,6 +330,11 @@ def _move_statement(kind: str, target: str, allowed: tuple[str, ...], changes: M
     return _move_statement_for(kind, target, allowed, tuple(changes))
 
 
+def _moved_at(move: lifecycle.Move[Any]) -> datetime:
+    at = move.changes.get("updated_at")
+    return at if isinstance(at, datetime) else utcnow()
+
+
 class SqlRecordRepository(abstract.RecordRepository):
     """Payments, refunds and withdrawals alike: guarded moves, claims and a sweep's bookkeeping.
 
@@ -336,9 +343,11 @@ class SqlRecordRepository(abstract.RecordRepository):
     other sees rowcount 0, writes no event, and re-reads.
     """
 
-    def __init__(self, session: Session, outbox: SqlOutboxRepository) -> None:
+    def __init__(self, session: Session, outbox: SqlOutboxRepository, audit_log: AuditLog | None = None) -> None:
         self.session = session
         self.outbox = outbox
+        # --- audit trail: every move writes its row in the same transaction (issue 12) ---
+        self.audit_log = audit_log if audit_log is not None else SqlAuditLog(session)
 
     def get(self, kind: str, record_id: str, *, for_update: bool = False) -> Any | None:
         table, cls = _RECORD_TABLES[kind]
@@ -355,6 +364,10 @@ class SqlRecordRepository(abstract.RecordRepository):
         moved = bool(result.rowcount == 1)  # type: ignore[attr-defined]
         if moved and move.event is not None:
             self.outbox.add(move.event)
+        if moved:
+            self.audit_log.add(
+                audit.state_change(move.kind, move.record_id, move.target, _moved_at(move), move.changes)
+            )
         return moved
 
     def update(self, kind: str, record_id: str, **changes: Any) -> None:

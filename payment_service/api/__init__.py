@@ -15,7 +15,7 @@ from config import Settings, load_settings
 from ..bootstrap import Container, bootstrap
 from ..domain.cards import contains_card_number
 from ..observability import configure_logging, request_id_var
-from . import auth, errors, health, openapi, parsing, payment_methods, payments, ratelimit, webhooks
+from . import auth, errors, health, openapi, parsing, payment_methods, payments, ratelimit, routing, webhooks
 
 logger = logging.getLogger(__name__)
 
@@ -93,12 +93,21 @@ def create_app(settings: Settings | None = None, container: Container | None = N
     auth.init_app(app, settings)
     ratelimit.init_app(app, settings)
     # --- end auth and rate limits ---
+    # --- audit trail: after identify(), so each request's rows name its caller ---
+    from . import audit as audit_api
+
+    audit_api.init_app(app)
+    # --- end audit trail ---
     app.before_request(_guard_json_body)
     app.after_request(_finish_request)
     app.teardown_request(_teardown)
     errors.register_error_handlers(app)
+    routing.install(app)  # before the blueprints: their rules use its converters
     app.register_blueprint(health.bp)
     app.register_blueprint(openapi.bp)
+    from . import asyncapi  # the events' AsyncAPI document, public like /openapi.json
+
+    app.register_blueprint(asyncapi.bp)
     app.register_blueprint(payments.bp)
     app.register_blueprint(payment_methods.bp)
     app.register_blueprint(webhooks.bp)

@@ -3,6 +3,11 @@
 * End users send `Authorization: Bearer <JWT>` (HS256 with JWT_SECRET and/or RS256 with
   JWT_PUBLIC_KEY; `exp`, `sub` and `aud` required, `iss` checked when JWT_ISSUER is set).
 * Service clients send `X-API-Key: psk_...`, looked up by its SHA-256 (adapters/api_clients.py).
+  A client that requires signing must also send, on every mutation, `X-Signature: t=<unix>,v1=<hex>`:
+  HMAC-SHA256 with its signing secret over `<t>.<METHOD>.<path with query>.<raw body>`, within 300 s
+  of our clock, never used before (the signatures seen are kept in the database, so a replay to
+  another API process is refused too). Otherwise the request has no principal and a 401 says which
+  (`signature_required`, `signature_invalid`, `signature_expired`, `signature_replayed`).
 
 `identify()` never refuses a request by itself: it sets `g.principal` (or None) and, for a bad
 credential, `g.auth_error`. The views decide, through the helpers below:
@@ -19,7 +24,9 @@ Neither a token nor a key is ever logged or echoed back in an error.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import jwt
@@ -32,9 +39,9 @@ from sqlalchemy.exc import DBAPIError
 from config import Settings
 from config.settings import ConfigError
 
-from ..adapters.api_clients import SqlAlchemyApiClientRepository
 from ..domain.errors import DependencyUnavailable, Forbidden, InsufficientScope, Unauthorized
 from ..domain.principal import SCOPES, Principal
+from ..services import api_keys
 from . import errors
 from .context import container
 
@@ -48,17 +55,18 @@ _MAX_CREDENTIAL_LENGTH = 8192
 
 def is_exempt_path(path: str) -> bool:
     """Paths that carry no caller credential (or their own, for webhooks): not identified, not limited."""
-    return path in {"/healthz", "/readyz", "/metrics", "/openapi.json", "/docs"} or path.startswith(
+    return path in {"/healthz", "/readyz", "/metrics", "/openapi.json", "/asyncapi.json", "/docs"} or path.startswith(
         ("/docs/", "/webhooks/")
     )
 
 
 @dataclass(frozen=True)
 class AuthError:
-    """Why the credential sent was refused. `reason`: missing, invalid or expired."""
+    """Why the credential sent was refused. `reason`: missing, invalid or expired; `code`: the 401's code."""
 
     reason: str
     message: str
+    code: str = "unauthorized"
 
 
 @dataclass(frozen=True)
@@ -157,8 +165,8 @@ def _from_api_key(key: str) -> Principal | AuthError:
     if len(key) > _MAX_CREDENTIAL_LENGTH:
         return AuthError("invalid", "the API key is not valid")
     try:
-        with container().session_factory() as session:
-            principal = SqlAlchemyApiClientRepository(session).authenticate(key)
+        with container().api_clients() as clients:
+            principal = clients.authenticate(key)
     except DBAPIError:
         logger.warning("api key lookup failed: database unavailable", exc_info=True)
         raise DependencyUnavailable("credentials cannot be checked right now; retry later") from None
@@ -170,6 +178,7 @@ def identify() -> None:
     """before_request: set `g.principal` (a Principal or None) and, for a refused credential, `g.auth_error`."""
     g.principal = None
     g.auth_error = None
+    g.unverified_principal = None
     if request.routing_exception is not None or is_exempt_path(request.path):
         return
     authorization = request.headers.get("Authorization")
@@ -183,11 +192,40 @@ def identify() -> None:
         result = _from_bearer(authorization)
     else:
         result = _from_api_key(api_key or "")
+        if isinstance(result, Principal) and result.require_signing and request.method in api_keys.SIGNED_METHODS:
+            g.unverified_principal = result  # the audit trail names who tried, even when refused
+            result = _check_signature(result)
     if isinstance(result, AuthError):
         g.auth_error = result
         logger.info("credential refused", extra={"auth_reason": result.reason, "auth_detail": result.message})
     else:
         g.principal = result
+
+
+def _check_signature(principal: Principal) -> Principal | AuthError:
+    """The principal if X-Signature signs this request, fresh and unused; else why not."""
+    # The path and query exactly as sent (RAW_URI: gunicorn and werkzeug), not as decoded.
+    path = request.environ.get("RAW_URI") or request.full_path.rstrip("?")
+    body = request.get_data(cache=True)
+    c = container()
+    try:
+        # One transaction, committed before the view runs: the signature is spent whatever happens next.
+        with c.api_clients() as repo:
+            secrets_ = repo.signing_secrets(principal.id, c.settings.CLIENT_SIGNING_MASTER_KEY)
+            check = api_keys.check_signature(request.headers.get("X-Signature"), secrets_, request.method, path, body,
+                                             time.time())
+            if check.code is None and check.matched is not None:
+                expires_at = datetime.fromtimestamp(check.timestamp + api_keys.SIGNATURE_TOLERANCE_SECONDS, UTC)
+                if not repo.remember_signature(principal.id, api_keys.replay_token(principal.id, check.matched),
+                                               expires_at):
+                    check = api_keys.SignatureCheck(
+                        "signature_replayed", "this X-Signature was used before: sign each request anew")
+    except DBAPIError:
+        logger.warning("signature check failed: database unavailable", exc_info=True)
+        raise DependencyUnavailable("credentials cannot be checked right now; retry later") from None
+    if check.code is not None:
+        return AuthError("invalid", check.message, check.code)
+    return principal
 
 
 # --- helpers for views ---
@@ -198,7 +236,10 @@ def current_principal() -> Principal:
     principal: Principal | None = g.get("principal")
     if principal is None:
         err: AuthError | None = g.get("auth_error")
-        raise Unauthorized(err.message if err else "authentication required")
+        exc = Unauthorized(err.message if err else "authentication required")
+        if err is not None:
+            exc.code = err.code  # signature_required, signature_invalid, ... for a refused X-Signature
+        raise exc
     return principal
 
 

@@ -6,7 +6,8 @@ import logging
 from typing import Any
 
 from flask import Flask, Response, json
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException
 
 from ..domain import errors as domain_errors
@@ -85,8 +86,32 @@ def _http_error(exc: HTTPException) -> Response:
     return problem(status, _HTTP_CODES.get(status, "http_error"), exc.name, detail, headers=headers)
 
 
+# MySQL / MariaDB errors that mean "not now" rather than "wrong": no connection (2002, 2003), a
+# connection lost (2006, 2013, 2014, 2045, 2055, 4031), too many connections (1040), server shutting
+# down (1053), a lock wait timed out (1205) or a deadlock (1213): the same request later succeeds.
+_UNAVAILABLE_CODES = frozenset({1040, 1053, 1205, 1213, 2002, 2003, 2006, 2013, 2014, 2045, 2055, 4031})
+
+
+def database_unavailable(exc: BaseException) -> bool:
+    """True if a database error means the database cannot serve now (503, retry), not a bug (500)."""
+    if isinstance(exc, PoolTimeout):
+        return True
+    if not isinstance(exc, DBAPIError):
+        return False
+    if exc.connection_invalidated:
+        return True
+    args = getattr(exc.orig, "args", ())
+    if args and isinstance(args[0], int):
+        return args[0] in _UNAVAILABLE_CODES
+    # SQLite (`dev`): a locked database is busy, not broken.
+    return "database is locked" in str(exc.orig)
+
+
 def _database_error(exc: Exception) -> Response:
-    # A lost or refused database connection: the pool has invalidated it, a retry gets a new one.
+    if not database_unavailable(exc):
+        # Anything else (a bad value reaching SQL, a constraint we did not expect) is a bug: 500.
+        return _unhandled(exc)
+    # A lost or refused connection: the pool has invalidated it, a retry gets a new one.
     logger.error("database unavailable", extra={"error": type(exc).__name__})
     return problem(503, "database_unavailable", "Service Unavailable", "the database is unavailable; retry later",
                    headers={"Retry-After": "1"})
@@ -103,6 +128,6 @@ def _unhandled(exc: Exception) -> Response:
 def register_error_handlers(app: Flask) -> None:
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(domain_errors.DomainError, domain_error_response)
-    app.register_error_handler(OperationalError, _database_error)
-    app.register_error_handler(InterfaceError, _database_error)
+    app.register_error_handler(DBAPIError, _database_error)
+    app.register_error_handler(PoolTimeout, _database_error)
     app.register_error_handler(Exception, _unhandled)

@@ -15,6 +15,7 @@ from sqlalchemy import text
 from ..adapters import migrate
 from ..adapters.lifecycle_metrics import LifecycleCollector
 from ..adapters.outbox_metrics import install_outbox_collector, outbox_collector  # outbox backlog metrics
+from ..adapters.reconciliation_metrics import ReconciliationCollector  # settlement reconciliation
 from ..adapters.webhook_metrics import WebhookInboxCollector
 from .context import container
 
@@ -93,6 +94,8 @@ _LIFECYCLE = LifecycleCollector(_scrape_engine)
 REGISTRY.register(_LIFECYCLE)
 _WEBHOOK_INBOX = WebhookInboxCollector(_scrape_engine)
 REGISTRY.register(_WEBHOOK_INBOX)
+_RECONCILIATION = ReconciliationCollector(_scrape_engine)
+REGISTRY.register(_RECONCILIATION)
 
 
 @bp.get("/metrics")
@@ -108,6 +111,7 @@ def metrics() -> Response:
         # --- end relay ---
         registry.register(_LIFECYCLE)
         registry.register(_WEBHOOK_INBOX)
+        registry.register(_RECONCILIATION)
         data = generate_latest(registry)
     else:
         data = generate_latest()

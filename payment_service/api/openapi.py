@@ -15,6 +15,8 @@ from typing import Any
 from flask import Blueprint, Response, abort, jsonify, send_from_directory
 from pydantic import BaseModel
 
+from .routing import document_path_ids
+
 bp = Blueprint("openapi", __name__)
 
 # Swagger UI 5's files (it reads OpenAPI 3.1), from the flask-openapi3-swagger package. Only its
@@ -74,6 +76,10 @@ def spec() -> dict[str, Any]:
         for def_name, definition in schema.pop("$defs", {}).items():
             schemas[def_name] = definition
         schemas[name] = schema
+    paths = dict(sorted(_paths.items()))
+    document_path_ids(paths)
+    _document_body_refusals(paths)
+    _document_cursors(paths)
     return {
         "openapi": "3.1.0",
         "info": {
@@ -82,17 +88,55 @@ def spec() -> dict[str, Any]:
             "description": "Wallet top-ups by card through Stripe and Razorpay, 3-D Secure, refunds, withdrawals. "
             "Money is an integer in the currency's minor unit. Errors are application/problem+json.",
         },
-        "paths": dict(sorted(_paths.items())),
+        "paths": paths,
         "components": {
             "schemas": schemas,
             "securitySchemes": {
                 "userJwt": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
                 "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
-                "stripeSignature": {"type": "apiKey", "in": "header", "name": "Stripe-Signature"},
-                "razorpaySignature": {"type": "apiKey", "in": "header", "name": "X-Razorpay-Signature"},
+                # Signed requests (issue 12): sent with X-API-Key on every mutation of a client that requires it.
+                "requestSignature": {
+                    "type": "apiKey", "in": "header", "name": "X-Signature",
+                    "description": "t=<unix seconds>,v1=<hex HMAC-SHA256 with the client's signing secret over "
+                    "\"<t>.<METHOD>.<path with query>.<raw body>\">; 300 s tolerance, each signature accepted once. "
+                    "Required on POST/PUT/PATCH/DELETE from a client set to require signing; otherwise 401 with "
+                    "code signature_required, signature_invalid, signature_expired or signature_replayed "
+                    "(docs/auth.md).",
+                },
             },
         },
     }
+
+
+def _document_body_refusals(paths: dict[str, dict[str, Any]]) -> None:
+    """Every operation that takes a JSON body refuses, before its view runs (api/parsing.py), a body
+    that is not JSON (400 malformed_json) or not sent as application/json (415)."""
+    for operations in paths.values():
+        for operation in operations.values():
+            if "requestBody" not in operation:
+                continue
+            responses = operation.setdefault("responses", {})
+            responses.setdefault("400", problem_ref("malformed_json: the body is not valid JSON"))
+            if "webhooks" not in operation.get("tags", []):  # a webhook body is checked by its signature
+                responses.setdefault("415", problem_ref("unsupported_media_type: send the body as application/json"))
+
+
+CURSOR_SCHEMA: dict[str, Any] = {"type": "string", "pattern": "^[A-Za-z0-9_-]{0,512}$"}
+
+
+def _document_cursors(paths: dict[str, dict[str, Any]]) -> None:
+    """A `cursor` is opaque (base64url): the `next_cursor` of the page before. Any other value is
+    refused with 422 `validation_failed`, field `cursor`."""
+    for operations in paths.values():
+        for operation in operations.values():
+            for parameter in operation.get("parameters", []):
+                if parameter.get("in") == "query" and parameter.get("name") == "cursor":
+                    parameter["schema"] = dict(CURSOR_SCHEMA)
+                    parameter["description"] = ("opaque: the next_cursor of the page before (empty: the first page); a "
+                                                "value this API did "
+                                                "not return is refused (422, field cursor)")
+                    operation.setdefault("responses", {}).setdefault(
+                        "422", problem_ref("validation_failed: a bad query parameter (`errors` names it)"))
 
 
 @bp.get("/openapi.json")

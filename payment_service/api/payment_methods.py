@@ -9,7 +9,7 @@ from flask import Blueprint, Response, jsonify
 from ..domain.events import rfc3339
 from ..domain.payments import PaymentMethod
 from ..services import payments as payment_service
-from . import openapi, parsing
+from . import openapi, parsing, schemas
 from .auth import require_user
 from .context import container
 from .schemas import PaymentMethodList, PaymentMethodOut, PaymentMethodRequest
@@ -18,6 +18,11 @@ bp = Blueprint("payment_methods", __name__)
 
 
 def method_json(m: PaymentMethod) -> dict[str, Any]:
+    """The method as the body of a response: validated and dumped by PaymentMethodOut, which documents it."""
+    return schemas.body(PaymentMethodOut, _method_fields(m))
+
+
+def _method_fields(m: PaymentMethod) -> dict[str, Any]:
     return {
         "id": m.id, "gateway": m.gateway, "brand": m.brand, "last4": m.last4, "exp_month": m.exp_month,
         "exp_year": m.exp_year, "created_at": rfc3339(m.created_at),
@@ -37,10 +42,10 @@ def add_method() -> tuple[Response, int]:
 def list_methods() -> Response:
     principal = require_user()
     methods = payment_service.list_payment_methods(principal.id, container().uow_factory)
-    return jsonify({"data": [method_json(m) for m in methods]})
+    return jsonify(schemas.body(PaymentMethodList, {"data": [_method_fields(m) for m in methods]}))
 
 
-@bp.delete("/payment-methods/<method_id>")
+@bp.delete("/payment-methods/<method:method_id>")
 def delete_method(method_id: str) -> tuple[str, int]:
     principal = require_user()
     c = container()

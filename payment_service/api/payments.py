@@ -7,14 +7,15 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request
 
 from ..adapters.repository import decode_cursor, encode_cursor
-from ..domain.errors import NotFound, ValidationFailed
+from ..domain.errors import Forbidden, NotFound, ValidationFailed
 from ..domain.events import rfc3339
 from ..domain.model import PaymentStatus
 from ..domain.payments import Payment
 from ..services import payments as payment_service
-from . import openapi, parsing
+from . import openapi, parsing, schemas
 from .auth import require_user, require_user_or_scope
 from .context import container
+from .display import amount_display
 from .idempotent import run_idempotent
 from .schemas import PaymentList, PaymentOut, TopUpRequest
 
@@ -33,7 +34,12 @@ def _t(value: Any) -> str | None:
     return None if value is None else rfc3339(value)
 
 
-def payment_json(p: Payment) -> dict[str, Any]:
+def payment_json(p: Payment, locale: str) -> dict[str, Any]:
+    """The payment as the body of a response: validated and dumped by PaymentOut, which documents it."""
+    return schemas.body(PaymentOut, _payment_fields(p, locale))
+
+
+def _payment_fields(p: Payment, locale: str) -> dict[str, Any]:
     return {
         "id": p.id,
         "user_id": p.user_id,
@@ -56,7 +62,14 @@ def payment_json(p: Payment) -> dict[str, Any]:
         "updated_at": _t(p.updated_at),
         "captured_at": _t(p.captured_at),
         "expires_at": _t(p.expires_at) if p.status in (PaymentStatus.PENDING_3DS.value, "EXPIRED") else None,
+        "canonical_amount": p.canonical_amount,
+        "canonical_currency": p.canonical_currency,
+        "amount_display": amount_display(p.amount, p.currency, locale),
     }
+
+
+def _locale() -> str:
+    return container().settings.DISPLAY_LOCALE
 
 
 @bp.post("/payments/topup")
@@ -75,10 +88,10 @@ def topup() -> Response:
 
 
 def _render(payment: Payment) -> tuple[dict[str, Any], int]:
-    return payment_json(payment), _STATUS_FOR[payment.status]
+    return payment_json(payment, _locale()), _STATUS_FOR[payment.status]
 
 
-@bp.get("/payments/<payment_id>")
+@bp.get("/payments/<payment:payment_id>")
 def get_payment(payment_id: str) -> Response:
     principal = require_user_or_scope("payments:read")
     with container().uow_factory() as uow:
@@ -86,7 +99,7 @@ def get_payment(payment_id: str) -> Response:
     # Another user's payment answers exactly like a missing one: 404, never 403.
     if payment is None or (principal.is_user and payment.user_id != principal.id):
         raise NotFound(f"payment {payment_id} not found")
-    return jsonify(payment_json(payment))
+    return jsonify(payment_json(payment, _locale()))
 
 
 @bp.get("/payments")
@@ -110,20 +123,20 @@ def list_payments() -> Response:
             cursor = decode_cursor(args["cursor"])
         except ValueError:
             errors.append({"field": "cursor", "message": "not a cursor this API returned"})
-    user_id = principal.id if principal.is_user else args.get("user_id")
-    if principal.is_user and args.get("user_id") not in (None, principal.id):
-        errors.append({"field": "user_id", "message": "users can list only their own payments"})
+    requested = args.get("user_id") or None  # an empty filter is no filter
+    if principal.is_user and requested not in (None, principal.id):
+        raise Forbidden("users can list only their own payments", field="user_id")
+    user_id = principal.id if principal.is_user else requested
     if errors:
         raise ValidationFailed("invalid query parameters", errors=errors)
     with container().uow_factory() as uow:
         page = uow.payments.list_for_user(user_id, status, limit, cursor)
-    return jsonify(
-        {
-            "data": [payment_json(p) for p in page.items],
-            "has_more": page.next_cursor is not None,
-            "next_cursor": encode_cursor(page.next_cursor) if page.next_cursor else None,
-        }
-    )
+    locale = _locale()
+    return jsonify(schemas.body(PaymentList, {
+        "data": [_payment_fields(p, locale) for p in page.items],
+        "has_more": page.next_cursor is not None,
+        "next_cursor": encode_cursor(page.next_cursor) if page.next_cursor else None,
+    }))
 
 
 _user: list[dict[str, list[str]]] = [{"userJwt": []}]

@@ -10,16 +10,22 @@ from ..domain.errors import NotFound
 from ..domain.events import rfc3339
 from ..domain.payments import Refund
 from ..services import refunds as refund_service
-from . import openapi, parsing
+from . import openapi, parsing, schemas
 from .auth import require_scope, require_user_or_scope
 from .context import container
+from .display import amount_display
 from .idempotent import run_idempotent
 from .schemas import RefundList, RefundOut, RefundRequest
 
 bp = Blueprint("refunds", __name__)
 
 
-def refund_json(r: Refund) -> dict[str, Any]:
+def refund_json(r: Refund, locale: str) -> dict[str, Any]:
+    """The refund as the body of a response: validated and dumped by RefundOut, which documents it."""
+    return schemas.body(RefundOut, _refund_fields(r, locale))
+
+
+def _refund_fields(r: Refund, locale: str) -> dict[str, Any]:
     return {
         "id": r.id,
         "payment_id": r.payment_id,
@@ -31,10 +37,17 @@ def refund_json(r: Refund) -> dict[str, Any]:
         "gateway_refund_id": r.gateway_refund_id,
         "created_at": rfc3339(r.created_at),
         "updated_at": rfc3339(r.updated_at),
+        "canonical_amount": r.canonical_amount,
+        "canonical_currency": r.canonical_currency,
+        "amount_display": amount_display(r.amount, r.currency, locale),
     }
 
 
-@bp.post("/payments/<payment_id>/refunds")
+def _locale() -> str:
+    return container().settings.DISPLAY_LOCALE
+
+
+@bp.post("/payments/<payment:payment_id>/refunds")
 def create_refund(payment_id: str) -> Response:
     principal = require_scope("payments:refund")
     req: RefundRequest = parsing.validated(RefundRequest)
@@ -46,7 +59,7 @@ def create_refund(payment_id: str) -> Response:
 
 def _render(refund: Refund) -> tuple[dict[str, Any], int]:
     # 201 whatever the status: the refund exists (PENDING while the gateway decides, FAILED if it refused).
-    return refund_json(refund), 201
+    return refund_json(refund, _locale()), 201
 
 
 def _visible_payment(payment_id: str) -> None:
@@ -58,22 +71,23 @@ def _visible_payment(payment_id: str) -> None:
         raise NotFound(f"payment {payment_id} not found")
 
 
-@bp.get("/payments/<payment_id>/refunds")
+@bp.get("/payments/<payment:payment_id>/refunds")
 def list_refunds(payment_id: str) -> Response:
     _visible_payment(payment_id)
     with container().uow_factory() as uow:
         items = uow.refunds.list_for_payment(payment_id)
-    return jsonify({"data": [refund_json(r) for r in items]})
+    locale = _locale()
+    return jsonify(schemas.body(RefundList, {"data": [_refund_fields(r, locale) for r in items]}))
 
 
-@bp.get("/payments/<payment_id>/refunds/<refund_id>")
+@bp.get("/payments/<payment:payment_id>/refunds/<refund:refund_id>")
 def get_refund(payment_id: str, refund_id: str) -> Response:
     _visible_payment(payment_id)
     with container().uow_factory() as uow:
         refund = uow.refunds.get(refund_id)
     if refund is None or refund.payment_id != payment_id:
         raise NotFound(f"refund {refund_id} not found")
-    return jsonify(refund_json(refund))
+    return jsonify(refund_json(refund, _locale()))
 
 
 _either: list[dict[str, list[str]]] = [{"userJwt": []}, {"apiKey": []}]

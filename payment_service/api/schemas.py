@@ -1,9 +1,10 @@
-"""Request and response bodies as pydantic models: they validate input and feed /openapi.json."""
+"""Request and response bodies as pydantic models: they validate input, shape every JSON response
+(`body()`), and feed /openapi.json, so the document is what the API returns."""
 
 from __future__ import annotations
 
 import ipaddress
-from typing import Literal
+from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator, model_validator
@@ -16,6 +17,36 @@ Gateway = Literal["stripe", "razorpay"]
 class Strict(BaseModel):
     # Unknown fields are refused, as Stripe does: a typo must not silently change a payment.
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+class Out(BaseModel):
+    """A response body. Every field is always present (null where it has no value), and nothing else
+    is: the document says `required` and `additionalProperties: false`, and `body()` refuses a field
+    the model does not declare, so the API cannot return what the document does not describe."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_serialization_defaults_required=True)
+
+
+OutT = TypeVar("OutT", bound=Out)
+
+
+def body(model: type[Out], data: Any) -> dict[str, Any]:
+    """The JSON body of a response: `data` validated by the model that documents it, dumped as JSON."""
+    return model.model_validate(data).model_dump(mode="json")
+
+
+Timestamp = Annotated[str, Field(json_schema_extra={"format": "date-time"}, description="RFC 3339, UTC")]
+OptionalTimestamp = Annotated[str | None, Field(json_schema_extra={"format": "date-time"}, description="RFC 3339, UTC")]
+# Issue 13: the amount in CANONICAL_CURRENCY at the rate in force when the record was created.
+CanonicalAmount = Annotated[int | None, Field(
+    description="the amount in `canonical_currency`, minor units, at the reference rate in force when the record "
+                "was created (half-even); null when no fresh rate was available")]
+CanonicalCurrency = Annotated[str | None, Field(
+    description="the service's CANONICAL_CURRENCY (ISO 4217), or null with canonical_amount",
+    json_schema_extra={"pattern": "^[A-Z]{3}$"}, examples=["USD"])]
+AmountDisplay = Annotated[str, Field(
+    description="`amount` for people, in the service's DISPLAY_LOCALE, with the currency's symbol and exponent",
+    examples=["₹1,234.50"])]
 
 
 class Device(Strict):
@@ -64,17 +95,17 @@ class TopUpRequest(Strict):
         return self
 
 
-class Card(BaseModel):
+class Card(Out):
     brand: str | None
     last4: str | None
 
 
-class NextAction(BaseModel):
+class NextAction(Out):
     type: Literal["redirect_to_url"]
     url: str
 
 
-class PaymentOut(BaseModel):
+class PaymentOut(Out):
     id: str
     user_id: str
     amount: int
@@ -88,13 +119,16 @@ class PaymentOut(BaseModel):
     failure_message: str | None
     next_action: NextAction | None
     refunded_amount: int
-    created_at: str
-    updated_at: str
-    captured_at: str | None
-    expires_at: str | None
+    created_at: Timestamp
+    updated_at: Timestamp
+    captured_at: OptionalTimestamp
+    expires_at: OptionalTimestamp
+    canonical_amount: CanonicalAmount
+    canonical_currency: CanonicalCurrency
+    amount_display: AmountDisplay
 
 
-class PaymentList(BaseModel):
+class PaymentList(Out):
     data: list[PaymentOut]
     has_more: bool
     next_cursor: str | None
@@ -105,17 +139,17 @@ class PaymentMethodRequest(Strict):
     token: str = Field(min_length=1, max_length=255)
 
 
-class PaymentMethodOut(BaseModel):
+class PaymentMethodOut(Out):
     id: str
     gateway: str
     brand: str
     last4: str
     exp_month: int | None
     exp_year: int | None
-    created_at: str
+    created_at: Timestamp
 
 
-class PaymentMethodList(BaseModel):
+class PaymentMethodList(Out):
     data: list[PaymentMethodOut]
 
 
@@ -129,7 +163,7 @@ class RefundRequest(Strict):
     reason: str | None = Field(default=None, min_length=1, max_length=255)
 
 
-class RefundOut(BaseModel):
+class RefundOut(Out):
     id: str
     payment_id: str
     amount: int
@@ -138,11 +172,14 @@ class RefundOut(BaseModel):
     reason: str | None
     failure_reason: str | None
     gateway_refund_id: str | None
-    created_at: str
-    updated_at: str
+    created_at: Timestamp
+    updated_at: Timestamp
+    canonical_amount: CanonicalAmount
+    canonical_currency: CanonicalCurrency
+    amount_display: AmountDisplay
 
 
-class RefundList(BaseModel):
+class RefundList(Out):
     data: list[RefundOut]
 
 
@@ -173,13 +210,21 @@ class WithdrawalRequest(Strict):
     beneficiary: WithdrawalBeneficiary
 
 
-class WithdrawalBeneficiaryOut(BaseModel):
+class BankAccountOut(Out):
+    """NEFT and IMPS: the account holder and the account number's last four digits, never more."""
+
     name: str
-    account_last4: str | None = Field(default=None, description="NEFT and IMPS")
-    vpa: str | None = Field(default=None, description="UPI")
+    account_last4: str | None
 
 
-class WithdrawalOut(BaseModel):
+class UpiAddressOut(Out):
+    """UPI: the account holder and the UPI address."""
+
+    name: str
+    vpa: str
+
+
+class WithdrawalOut(Out):
     id: str
     user_id: str
     amount: int
@@ -187,10 +232,47 @@ class WithdrawalOut(BaseModel):
     mode: Literal["NEFT", "IMPS", "UPI"]
     status: Literal["REQUESTED", "PROCESSING", "SETTLED", "FAILED", "REVERSED"]
     utr: str | None
-    beneficiary: WithdrawalBeneficiaryOut
+    beneficiary: BankAccountOut | UpiAddressOut
     failure_reason: str | None
-    created_at: str
-    updated_at: str
+    created_at: Timestamp
+    updated_at: Timestamp
+    canonical_amount: CanonicalAmount
+    canonical_currency: CanonicalCurrency
+    amount_display: AmountDisplay
 
 
 # --- end refunds and withdrawals ------------------------------------------------------------
+
+
+class WebhookReceived(Out):
+    """The answer to a gateway's webhook: stored (applied later), or a duplicate of a stored event."""
+
+    received: Literal[True]
+    duplicate: bool = Field(description="the event was stored before: it is applied zero more times")
+
+
+# --- audit trail (issue 12) ---
+
+
+class AuditEventOut(BaseModel):
+    id: str = Field(description="aud_<number>: the row's place in insertion order")
+    time: str = Field(description="RFC 3339 UTC")
+    actor: str = Field(description="user:<id>, client:<id>, gateway:<name>, job:<name>, cli:<operator>, "
+                       "anonymous:- or system:service")
+    actor_key_prefix: str | None = Field(description="a service client's API key display prefix")
+    action: str = Field(examples=["POST /payments/<payment_id>/refunds", "payment.captured", "client.key.rotate"])
+    resource_type: str | None = Field(examples=["payment", "refund", "withdrawal", "payment_method", "api_client"])
+    resource_id: str | None
+    outcome: Literal["succeeded", "rejected", "failed"]
+    http_status: int | None = Field(description="for an API call: the status answered")
+    request_id: str | None = Field(description="the API request's X-Request-Id, or the webhook's event id")
+    source: str | None = Field(description="the caller's network address")
+    summary: str
+    seq: int | None = Field(description="place in the HMAC chain; null until sealed (within seconds)")
+    hash: str | None = Field(description="the row's chain hash (hex HMAC-SHA256)")
+
+
+class AuditEventList(BaseModel):
+    data: list[AuditEventOut]
+    has_more: bool
+    next_cursor: str | None

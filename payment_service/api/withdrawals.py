@@ -20,17 +20,19 @@ from ..domain.events import rfc3339
 from ..domain.withdrawals import Withdrawal
 from ..gateways.base import Beneficiary
 from ..services import withdrawals as withdrawal_service
-from . import openapi, parsing
+from . import openapi, parsing, schemas
 from .auth import require_scope
 from .context import container
+from .display import amount_display
 from .idempotent import run_idempotent
 from .schemas import WithdrawalOut, WithdrawalRequest
 
 bp = Blueprint("withdrawals", __name__)
 
 
-def withdrawal_json(w: Withdrawal) -> dict[str, Any]:
-    return {
+def withdrawal_json(w: Withdrawal, locale: str) -> dict[str, Any]:
+    """The withdrawal as the body of a response: validated and dumped by WithdrawalOut, which documents it."""
+    return schemas.body(WithdrawalOut, {
         "id": w.id,
         "user_id": w.user_id,
         "amount": w.amount,
@@ -42,7 +44,14 @@ def withdrawal_json(w: Withdrawal) -> dict[str, Any]:
         "failure_reason": w.failure_reason,
         "created_at": rfc3339(w.created_at),
         "updated_at": rfc3339(w.updated_at),
-    }
+        "canonical_amount": w.canonical_amount,
+        "canonical_currency": w.canonical_currency,
+        "amount_display": amount_display(w.amount, w.currency, locale),
+    })
+
+
+def _locale() -> str:
+    return container().settings.DISPLAY_LOCALE
 
 
 def _fingerprint_body(body: Any, secret: str) -> Any:
@@ -69,24 +78,24 @@ def create_withdrawal() -> Response:
         mode=req.mode,
         beneficiary=Beneficiary(name=b.name, account_number=b.account_number, ifsc=b.ifsc, vpa=b.vpa),
     )
-    flow = withdrawal_service.WithdrawalFlow(cmd, c.gateways(), c.withdrawal_settings())
+    flow = withdrawal_service.WithdrawalFlow(cmd, c.payout_gateway(), c.withdrawal_settings())
     fingerprint_body = _fingerprint_body(parsing.body(), c.settings.EVENT_SIGNING_KEY)
     return run_idempotent(principal, flow, _render, fingerprint_body=fingerprint_body)
 
 
 def _render(withdrawal: Withdrawal) -> tuple[dict[str, Any], int]:
     # 202 whatever the status: a payout settles later (webhook or poll); FAILED if refused at once.
-    return withdrawal_json(withdrawal), 202
+    return withdrawal_json(withdrawal, _locale()), 202
 
 
-@bp.get("/withdrawals/<withdrawal_id>")
+@bp.get("/withdrawals/<withdrawal:withdrawal_id>")
 def get_withdrawal(withdrawal_id: str) -> Response:
     require_scope("withdrawals:read")
     with container().uow_factory() as uow:
         withdrawal = uow.withdrawals.get(withdrawal_id)
     if withdrawal is None:
         raise NotFound(f"withdrawal {withdrawal_id} not found")
-    return jsonify(withdrawal_json(withdrawal))
+    return jsonify(withdrawal_json(withdrawal, _locale()))
 
 
 _common = {

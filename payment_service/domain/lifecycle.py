@@ -127,7 +127,13 @@ def _payment_data(p: Payment) -> dict[str, Any]:
         "currency": p.currency,
         "gateway": p.gateway,
         "gateway_payment_id": p.gateway_payment_id,
+        **canonical_data(p),
     }
+
+
+def canonical_data(record: Payment | Refund | Withdrawal) -> dict[str, Any]:
+    """The event fields of issue 13: the amount in the canonical currency, or nulls without a rate."""
+    return {"canonical_amount": record.canonical_amount, "canonical_currency": record.canonical_currency}
 
 
 def payment_captured_event(p: Payment, at: datetime, _: Any = None) -> Event:
@@ -236,6 +242,7 @@ def refunded_event(refund: Refund, at: datetime, payment: Payment | None) -> Eve
             "gateway_refund_id": refund.gateway_refund_id,
             "reason": refund.reason,
             "refunded_at": rfc3339(at),
+            **canonical_data(refund),
         },
     )
 
@@ -273,6 +280,7 @@ def withdrawal_event(w: Withdrawal, at: datetime, _: Any = None) -> Event:
         "gateway_payout_id": w.gateway_payout_id,
         "utr": w.utr,
         f"{w.status.lower()}_at": rfc3339(at),
+        **canonical_data(w),
     }
     if w.status != _W.SETTLED.value:
         data["failure_reason"] = w.failure_reason

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 from .model import PaymentStatus
@@ -41,6 +42,12 @@ class Payment:
     attempts: int = 0
     next_attempt_at: datetime | None = None
     last_error: str | None = None
+    # The amount in CANONICAL_CURRENCY at the rate in force when the record was created (domain/fx.py);
+    # None when no fresh rate was available.
+    canonical_amount: int | None = None
+    canonical_currency: str | None = None
+    fx_rate: Decimal | None = None
+    fx_rate_at: datetime | None = None
 
     @property
     def is_terminal(self) -> bool:
@@ -85,6 +92,12 @@ class Refund:
     attempts: int = 0
     next_attempt_at: datetime | None = None
     last_error: str | None = None
+    # The amount in CANONICAL_CURRENCY at the rate in force when the record was created (domain/fx.py);
+    # None when no fresh rate was available.
+    canonical_amount: int | None = None
+    canonical_currency: str | None = None
+    fx_rate: Decimal | None = None
+    fx_rate_at: datetime | None = None
 
 
 @dataclass

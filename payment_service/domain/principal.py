@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-SCOPES = frozenset({"payments:read", "payments:refund", "withdrawals:write", "withdrawals:read"})
+SCOPES = frozenset({"payments:read", "payments:refund", "withdrawals:write", "withdrawals:read", "audit:read"})
 
 
 @dataclass(frozen=True)
@@ -14,6 +14,8 @@ class Principal:
     id: str  # the user id (JWT `sub`) or the client id (cli_...)
     scopes: frozenset[str] = field(default_factory=frozenset)
     name: str | None = None  # the client's name, for logs
+    key_prefix: str | None = None  # the API key's display prefix, for the audit trail
+    require_signing: bool = False  # mutations must carry X-Signature (docs/auth.md)
 
     @property
     def caller_key(self) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 from .model import WithdrawalMode
@@ -51,6 +52,12 @@ class Withdrawal:
     attempts: int = 0
     next_attempt_at: datetime | None = None
     last_error: str | None = None
+    # The amount in CANONICAL_CURRENCY at the rate in force when the record was created (domain/fx.py);
+    # None when no fresh rate was available.
+    canonical_amount: int | None = None
+    canonical_currency: str | None = None
+    fx_rate: Decimal | None = None
+    fx_rate_at: datetime | None = None
 
     def beneficiary_summary(self) -> dict[str, Any]:
         """What may be shown of the beneficiary: the name and the last four digits, or the VPA."""

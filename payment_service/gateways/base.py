@@ -9,8 +9,9 @@ Every mutating call takes an `idempotency_key` that the caller derives from our 
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Protocol
 
 
@@ -92,6 +93,33 @@ class RefundResult:
     status: RefundStatus
     amount: int
     failure_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class SettledCharge:
+    """One charge as the gateway lists it for a day (settlement reconciliation)."""
+
+    gateway_payment_id: str  # pi_..., pay_...
+    status: ChargeStatus  # SUCCEEDED: the gateway took the money
+    amount: int  # our minor units
+    currency: str  # ISO 4217, upper case
+    created_at: datetime | None  # aware, UTC; None when looked up one by one rather than listed
+    reference: str | None  # our payment id from metadata / notes, None for a charge we did not make
+    raw_status: str | None = None
+
+
+@dataclass(frozen=True)
+class SettledRefund:
+    """One refund as the gateway lists it for a day (settlement reconciliation)."""
+
+    gateway_refund_id: str
+    gateway_payment_id: str | None  # the charge it gives money back from
+    status: RefundStatus
+    amount: int  # our minor units
+    currency: str | None  # None when looked up one by one (a refund lookup does not say)
+    created_at: datetime | None
+    reference: str | None  # our refund id from metadata / receipt, None for a refund we did not make
+    raw_status: str | None = None
 
 
 @dataclass(frozen=True)
@@ -199,6 +227,15 @@ class Gateway(Protocol):
         """Look a payout up by our withdrawal id (after a lost response); None if the gateway has none."""
 
     # --- end withdrawals ---
+
+    # --- settlement reconciliation ---
+    def list_charges(self, start: datetime, end: datetime) -> Iterator[SettledCharge]:
+        """Every charge created in [start, end), whatever its status, page after page to the end."""
+
+    def list_refunds(self, start: datetime, end: datetime) -> Iterator[SettledRefund]:
+        """Every refund created in [start, end), whatever its status, page after page to the end."""
+
+    # --- end settlement reconciliation ---
 
     def verify_webhook(self, raw_body: bytes, headers: Mapping[str, str]) -> WebhookEvent:
         """Verify the signature over the raw body with the SDK's helper; raise InvalidWebhook otherwise."""

@@ -29,7 +29,8 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import razorpay
@@ -52,6 +53,8 @@ from .base import (
     RefundResult,
     RefundStatus,
     SavedMethod,
+    SettledCharge,
+    SettledRefund,
     WebhookEvent,
 )
 from .resilience import RATE_LIMIT_WAITS, http_session, retry_rate_limited
@@ -112,6 +115,7 @@ _REFUND_KEY = re.compile(r"^[A-Za-z0-9_-]{10,36}$")  # Razorpay: 10 or more; lon
 REFUND_KEY_HEADER = "X-Refund-Idempotency"
 # Waits between tries while Razorpay answers 409 (the same refund key in progress elsewhere), in seconds.
 REFUND_IN_PROGRESS_WAITS = (0.1, 0.2, 0.4, 0.8)
+LIST_PAGE_SIZE = 100  # Razorpay's largest `count`
 _KEY_NAMESPACE = uuid.UUID("1f0c6c8e-7f4e-4c36-9a57-2b5d3e9b6a10")
 
 
@@ -514,6 +518,47 @@ class RazorpayGateway:
             amount=int(refund["amount"]),
             failure_reason="refund failed at Razorpay" if status is RefundStatus.FAILED else None,
         )
+
+    # ------------------------------------------------------------ settlement reconciliation
+
+    def _list_all(self, fetch: Callable[..., Any], start: datetime, end: datetime) -> Iterator[dict[str, Any]]:
+        """Every entity of a collection created in [start, end): `from` and `to` are unix seconds and both
+        inclusive at Razorpay, so `to` is the last second before `end`; pages of `count` 100 walked with
+        `skip` until a short page."""
+        params = {"from": int(start.timestamp()), "to": int(end.timestamp()) - 1, "count": LIST_PAGE_SIZE, "skip": 0}
+        while True:
+            page = self._call(fetch, dict(params))
+            items = page.get("items") or []
+            yield from items
+            if len(items) < LIST_PAGE_SIZE:
+                return
+            params["skip"] += len(items)
+
+    def list_charges(self, start: datetime, end: datetime) -> Iterator[SettledCharge]:
+        for payment in self._list_all(self.client.payment.all, start, end):
+            result = self._result(payment, None)
+            yield SettledCharge(
+                gateway_payment_id=str(payment["id"]),
+                status=result.status,
+                amount=int(payment.get("amount") or 0),
+                currency=str(payment.get("currency") or "").upper(),
+                created_at=datetime.fromtimestamp(int(payment["created_at"]), UTC),
+                reference=_notes(payment).get("payment_id"),
+                raw_status=result.raw_status,
+            )
+
+    def list_refunds(self, start: datetime, end: datetime) -> Iterator[SettledRefund]:
+        for refund in self._list_all(self.client.refund.all, start, end):
+            yield SettledRefund(
+                gateway_refund_id=str(refund["id"]),
+                gateway_payment_id=refund.get("payment_id"),
+                status=REFUND_STATUSES.get(str(refund.get("status")), RefundStatus.PENDING),
+                amount=int(refund.get("amount") or 0),
+                currency=str(refund.get("currency") or "").upper(),
+                created_at=datetime.fromtimestamp(int(refund["created_at"]), UTC),
+                reference=refund.get("receipt") or _notes(refund).get("refund_id"),
+                raw_status=str(refund.get("status")),
+            )
 
     # ------------------------------------------------------------ payouts (RazorpayX)
 

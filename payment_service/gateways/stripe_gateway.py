@@ -13,6 +13,7 @@ import json
 import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import stripe
@@ -30,6 +31,8 @@ from .base import (
     RefundResult,
     RefundStatus,
     SavedMethod,
+    SettledCharge,
+    SettledRefund,
     WebhookEvent,
 )
 from .resilience import RATE_LIMIT_WAITS, http_session, retry_rate_limited
@@ -86,6 +89,8 @@ _REFUND_STATUS = {
 }
 
 _EXPAND = ["payment_method", "latest_charge"]
+
+LIST_PAGE_SIZE = 100  # Stripe's largest `limit`
 
 
 def to_stripe_amount(amount: int, currency: str) -> int:
@@ -451,6 +456,57 @@ class StripeGateway:
             amount=from_stripe_amount(int(refund["amount"]), str(refund.get("currency", ""))),
             failure_reason=refund.get("failure_reason"),
         )
+
+    # -- settlement reconciliation --------------------------------------------------------------
+
+    def _list_all(self, operation: str, path: str, start: datetime, end: datetime) -> Iterator[dict[str, Any]]:
+        """Every object of a list endpoint created in [start, end): `created[gte]`/`created[lt]`, pages of
+        100 chained by `starting_after` until `has_more` is false (Stripe's cursor pagination)."""
+        params: dict[str, Any] = {
+            "created": {"gte": int(start.timestamp()), "lt": int(end.timestamp())},
+            "limit": LIST_PAGE_SIZE,
+        }
+        while True:
+            # raw_request: the parsed JSON of each page, without building a StripeObject per item (a day
+            # can hold tens of thousands).
+            page = self._call(operation, lambda: self._client.raw_request("get", path, **params))
+            items = page.get("data") or []
+            yield from items
+            if not page.get("has_more") or not items:
+                return
+            params["starting_after"] = items[-1]["id"]
+
+    def list_charges(self, start: datetime, end: datetime) -> Iterator[SettledCharge]:
+        # PaymentIntents, not Charges: our gateway_payment_id is the intent, and an intent holds the amount
+        # received whichever of its charge attempts took it.
+        for pi in self._list_all("list payment intents", "/v1/payment_intents", start, end):
+            currency = str(pi.get("currency", "")).upper()
+            raw = str(pi.get("status"))
+            yield SettledCharge(
+                gateway_payment_id=str(pi["id"]),
+                status=_CHARGE_STATUS.get(raw, ChargeStatus.PROCESSING),
+                amount=from_stripe_amount(int(pi.get("amount") or 0), currency),
+                currency=currency,
+                created_at=datetime.fromtimestamp(int(pi["created"]), UTC),
+                reference=(pi.get("metadata") or {}).get("payment_id"),
+                raw_status=raw,
+            )
+
+    def list_refunds(self, start: datetime, end: datetime) -> Iterator[SettledRefund]:
+        for refund in self._list_all("list refunds", "/v1/refunds", start, end):
+            currency = str(refund.get("currency", "")).upper()
+            raw = str(refund.get("status"))
+            pi = refund.get("payment_intent")
+            yield SettledRefund(
+                gateway_refund_id=str(refund["id"]),
+                gateway_payment_id=str(pi["id"] if isinstance(pi, Mapping) else pi) if pi else None,
+                status=_REFUND_STATUS.get(raw, RefundStatus.PENDING),
+                amount=from_stripe_amount(int(refund.get("amount") or 0), currency),
+                currency=currency,
+                created_at=datetime.fromtimestamp(int(refund["created"]), UTC),
+                reference=(refund.get("metadata") or {}).get("refund_id"),
+                raw_status=raw,
+            )
 
     # -- payouts ------------------------------------------------------------------------------
 

@@ -6,7 +6,9 @@ A key is shown once, when it is issued; afterwards only its SHA-256 and its pref
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import hmac
 import re
 import secrets
 from collections.abc import Iterable
@@ -114,3 +116,99 @@ class ClientInfo:
     created_at: datetime
     disabled_at: datetime | None
     keys: tuple[KeyInfo, ...] = ()
+    require_signing: bool = False
+    signing_secrets: tuple[KeyInfo, ...] = ()
+
+
+# --- signed requests (issue 12): a per-client signing secret, X-Signature over each mutation ----------
+
+SIGNING_PREFIX = "pss_"
+SIGNATURE_TOLERANCE_SECONDS = 300
+SIGNED_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def generate_salt() -> str:
+    """What is stored for a signing secret: 256 random bits. The secret itself is derived, never stored."""
+    return secrets.token_hex(32)
+
+
+def derive_signing_secret(master_key: str, client_id: str, salt: str) -> str:
+    """The client's signing secret: HMAC(CLIENT_SIGNING_MASTER_KEY, client id and salt). Neither the table
+    (salts) nor the master key alone gives it; the server recomputes it to check a signature."""
+    mac = hmac.new(master_key.encode(), f"{client_id}:{salt}".encode(), hashlib.sha256).digest()
+    return SIGNING_PREFIX + base64.urlsafe_b64encode(mac).decode().rstrip("=")
+
+
+def signing_payload(timestamp: str, method: str, path_with_query: str, body: bytes) -> bytes:
+    """`<t>.<METHOD>.<path with query>.<raw body>` (CONTRACT.md)."""
+    return f"{timestamp}.{method.upper()}.{path_with_query}.".encode() + body
+
+
+def sign(secret: str, timestamp: int | str, method: str, path_with_query: str, body: bytes) -> str:
+    """Hex HMAC-SHA256 with the signing secret: the `v1` of X-Signature."""
+    return hmac.new(secret.encode(), signing_payload(str(timestamp), method, path_with_query, body),
+                    hashlib.sha256).hexdigest()
+
+
+def signature_header(secret: str, method: str, path_with_query: str, body: bytes, timestamp: int) -> str:
+    return f"t={timestamp},v1={sign(secret, timestamp, method, path_with_query, body)}"
+
+
+@dataclass(frozen=True)
+class SignatureCheck:
+    """A checked X-Signature. `code` is None when it is valid; else why not (the 401's code)."""
+
+    code: str | None
+    message: str = ""
+    matched: str | None = None  # the v1 that matched: what is remembered against replay
+    timestamp: int = 0
+
+
+def check_signature(
+    header: str | None, secrets_: Iterable[str], method: str, path_with_query: str, body: bytes, now: float,
+    tolerance: int = SIGNATURE_TOLERANCE_SECONDS,
+) -> SignatureCheck:
+    """Whether X-Signature signs this request with one of the client's active secrets, in time.
+    Replay is the caller's check (it needs shared storage)."""
+    if not header:
+        return SignatureCheck("signature_required", "this client must sign mutations: send "
+                              "X-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256> (docs/auth.md)")
+    t_value: str | None = None
+    candidates: list[str] = []
+    for part in header.split(","):
+        name, _, value = part.strip().partition("=")
+        if name == "t":
+            t_value = value
+        elif name == "v1" and _HEX64.match(value):
+            candidates.append(value)
+    if t_value is None or not t_value.isdigit() or len(t_value) > 12 or not candidates:
+        return SignatureCheck("signature_invalid", "X-Signature is malformed: expected t=<unix seconds>,v1=<64 hex "
+                              "digits>")
+    timestamp = int(t_value)
+    if abs(now - timestamp) > tolerance:
+        return SignatureCheck("signature_expired", f"X-Signature's timestamp is more than {tolerance} s from the "
+                              "server's time: sign each request when it is sent", timestamp=timestamp)
+    for secret in secrets_:
+        expected = sign(secret, t_value, method, path_with_query, body)
+        for v1 in candidates:
+            if hmac.compare_digest(expected, v1):
+                return SignatureCheck(None, matched=v1, timestamp=timestamp)
+    return SignatureCheck("signature_invalid", "X-Signature does not match this request (method, path and query, "
+                          "body) under any active signing secret of this client", timestamp=timestamp)
+
+
+def replay_token(client_id: str, v1: str) -> str:
+    """What the replay store keeps for a signature: a hash, keyed by client."""
+    return hashlib.sha256(f"{client_id}:{v1}".encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class IssuedSigningSecret:
+    """A signing secret just created. `secret` is the plaintext: print it once."""
+
+    client_id: str
+    client_name: str
+    secret: str = field(repr=False)
+    prefix: str
+    created_at: datetime

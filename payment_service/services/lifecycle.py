@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol, TypeVar
 
+from ..domain import audit
 from ..domain.lifecycle import LIFECYCLES, Lifecycle
 from .unit_of_work import AbstractUnitOfWork, Clock, UowFactory
 
@@ -212,7 +213,8 @@ class _SweepRun:
 
     def _handle(self, record: Any) -> None:
         try:
-            after = self.handle(record)
+            with audit.acting_as(audit.Actor("job", self.name)):  # audit rows of these moves name the job
+                after = self.handle(record)
         except Exception as exc:  # noqa: BLE001 - one record's failure must not stop the others (rule 7)
             attempts = record.attempts + 1
             error = f"{type(exc).__name__}: {exc}"[:2000]

@@ -11,10 +11,10 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
-from ..domain import ids, lifecycle
+from ..domain import fx, ids, lifecycle
 from ..domain.breaker import CircuitBreaker
 from ..domain.errors import DomainError, GatewayUnavailable, NotFound, ValidationFailed
 from ..domain.events import utcnow
@@ -63,6 +63,7 @@ class PaymentSettings:
     # While the gateway's idempotency key can still replay the original call (Stripe keeps keys 24 h),
     # a stuck payment is resolved by replaying the charge, never by a lookup that found nothing.
     replay_window_seconds: int = 23 * 3600
+    canonical: fx.Canonicalizer = fx.no_canonical  # the amount in CANONICAL_CURRENCY (never waits)
 
 
 # --- applying a gateway's answer: the one function every path uses ----------------------------
@@ -100,7 +101,7 @@ def apply_charge_result(
         after, moved = _walk(uow, payment, target, at, {**gw_id, **card_changes, "captured_at": at,
                                                         "next_action_url": None})
         if not moved and lifecycle.is_late_success(after, attempt):
-            after = record_late_refund(uow, after, result, at)
+            after = record_late_refund(uow, after, result, at, settings)
         return after
     if target == PaymentStatus.PENDING_3DS.value:
         expires = at + timedelta(seconds=settings.pending_3ds_ttl_seconds)
@@ -123,7 +124,10 @@ def _walk(
     return walk(uow, PAYMENTS, payment, target, at, **changes)
 
 
-def record_late_refund(uow: AbstractUnitOfWork, payment: Payment, result: ChargeResult, at: datetime) -> Payment:
+def record_late_refund(
+    uow: AbstractUnitOfWork, payment: Payment, result: ChargeResult, at: datetime,
+    settings: PaymentSettings | None = None,
+) -> Payment:
     """Money the gateway took for a payment we cannot capture goes back: a PENDING refund of the
     captured attempt, due at once, which the refund sweep sends and retries until it is done."""
     attempt = result.gateway_payment_id or payment.gateway_payment_id
@@ -132,11 +136,12 @@ def record_late_refund(uow: AbstractUnitOfWork, payment: Payment, result: Charge
         return payment  # recorded already: a duplicate delivery of the same success
     code = lifecycle.late_refund_code(payment)
     amount = result.amount or payment.amount
+    canonical = settings.canonical if settings is not None else fx.no_canonical
     uow.refunds.add(
         Refund(
             id=refund_id, payment_id=payment.id, user_id=payment.user_id, amount=amount, currency=payment.currency,
             status="PENDING", created_at=at, updated_at=at, reason=code, gateway_payment_id=attempt,
-            next_attempt_at=at,
+            next_attempt_at=at, **fx.canonical_fields(canonical(amount, payment.currency, at)),
         )
     )
     changes: dict[str, object] = {"updated_at": at}
@@ -231,6 +236,7 @@ class TopUpFlow:
             self.settings.rules,
         )
         payment = _new_payment(cmd, record_id, gateway_name, method, decision, t)
+        payment = replace(payment, **fx.canonical_fields(self.settings.canonical(cmd.amount, cmd.currency, t)))
         if not decision.refused:
             payment.claimed_until = claimed_until
             payment.next_attempt_at = t + timedelta(seconds=self.settings.reconcile_after_seconds)

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from ..domain import ids, lifecycle
+from ..domain import fx, ids, lifecycle
 from ..domain.errors import DomainError, GatewayUnavailable, NotFound, PaymentNotRefundable, RefundExceedsCaptured
 from ..domain.events import utcnow
 from ..domain.lifecycle import REFUNDS
@@ -48,6 +48,7 @@ class RefundPayment:
 @dataclass(frozen=True)
 class RefundSettings:
     retry_after_seconds: int = 60  # a PENDING refund is asked about (or sent again) after this
+    canonical: fx.Canonicalizer = fx.no_canonical  # the amount in CANONICAL_CURRENCY (never waits)
 
 
 def gateway_key(refund_id: str) -> str:
@@ -161,6 +162,7 @@ class RefundFlow:
             reason=cmd.reason,
             claimed_until=claimed_until,
             next_attempt_at=self.retry_at(t),
+            **fx.canonical_fields(self.settings.canonical(amount, payment.currency, t)),
         )
         uow.refunds.add(refund)
         self.payment = payment

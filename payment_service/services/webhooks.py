@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from ..domain import audit
 from ..domain.events import utcnow
 from ..domain.payments import InboxEvent
 from ..gateways.base import ChargeResult, ChargeStatus, Gateway, PayoutResult, RefundResult, WebhookEvent
@@ -324,7 +325,7 @@ def _apply_claimed(
         # One transaction: the record's move, its outbox row and the event's settlement commit
         # together. Lock order: the record rows first, then the event row (claims lock event rows
         # only, so no cycle).
-        with uow_factory() as uow:
+        with uow_factory() as uow, audit.acting_as(audit.Actor("gateway", inbox.gateway), inbox.gateway_event_id):
             outcome = _apply(uow, parsed or parse(inbox, gateways[inbox.gateway]), settings, now)
             if not uow.gateway_events.settle(inbox.id, inbox.attempts, outcome, now()):
                 # Our lease lapsed and another applier holds the event now: leaving the block rolls

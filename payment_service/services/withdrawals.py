@@ -22,12 +22,11 @@ retry with the same Idempotency-Key, and the full body, until then).
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from ..domain import ids, lifecycle
+from ..domain import fx, ids, lifecycle
 from ..domain.errors import DomainError, GatewayUnavailable, ValidationFailed
 from ..domain.events import utcnow
 from ..domain.lifecycle import WITHDRAWALS
@@ -49,7 +48,6 @@ from .unit_of_work import AbstractUnitOfWork, Clock, UowFactory
 logger = logging.getLogger(__name__)
 
 
-PAYOUT_GATEWAY = "razorpay"  # RazorpayX does payouts; the Stripe adapter refuses them
 NOT_CREATED_REASON = "payout_not_created: the gateway never received this payout; request a new withdrawal"
 
 
@@ -67,6 +65,7 @@ class WithdrawalSettings:
     poll_after_seconds: int = 300  # PROCESSING payouts are asked about this long after the last look
     retry_after_seconds: int = 60  # REQUESTED withdrawals nobody answered are retried after this
     give_up_after_seconds: int = 3600  # a bank payout the gateway never saw is failed after this
+    canonical: fx.Canonicalizer = fx.no_canonical  # the amount in CANONICAL_CURRENCY (never waits)
 
 
 @dataclass(frozen=True)
@@ -156,10 +155,10 @@ class WithdrawalFlow:
     kind = lifecycle.WITHDRAWAL
     prefix = ids.WITHDRAWAL
 
-    def __init__(self, cmd: RequestWithdrawal, gateways: Mapping[str, Gateway], settings: WithdrawalSettings) -> None:
+    def __init__(self, cmd: RequestWithdrawal, payout_gateway: Gateway, settings: WithdrawalSettings) -> None:
         validate(cmd)
         self.cmd = cmd
-        self.gateway = gateways[PAYOUT_GATEWAY]
+        self.gateway = payout_gateway
         self.settings = settings
 
     def create(self, uow: AbstractUnitOfWork, record_id: str, t: datetime, claimed_until: datetime) -> Withdrawal:
@@ -179,6 +178,7 @@ class WithdrawalFlow:
             updated_at=t,
             claimed_until=claimed_until,
             next_attempt_at=self.retry_at(t),
+            **fx.canonical_fields(self.settings.canonical(cmd.amount, cmd.currency, t)),
         )
         uow.withdrawals.add(w)
         logger.info(
@@ -203,7 +203,7 @@ class WithdrawalFlow:
 
     def unavailable(self, record: Withdrawal) -> DomainError:
         return GatewayUnavailable(
-            f"{PAYOUT_GATEWAY} did not answer; withdrawal {record.id} is REQUESTED and will be resolved"
+            f"{self.gateway.name} did not answer; withdrawal {record.id} is REQUESTED and will be resolved"
         )
 
     def retry_at(self, t: datetime) -> datetime:
@@ -230,7 +230,7 @@ def apply_payout_event(
 
 def resolve_withdrawals(
     uow_factory: UowFactory,
-    gateways: Mapping[str, Gateway],
+    gateway: Gateway,
     settings: WithdrawalSettings,
     now: Clock = utcnow,
     policy: SweepPolicy = DEFAULT_POLICY,
@@ -243,8 +243,6 @@ def resolve_withdrawals(
     same payout key when that needs no account number (UPI: the VPA is stored; a bank payout whose
     fund account is known). A bank payout the gateway never saw cannot be rebuilt without the account
     number, which we do not keep: it is failed once it is older than `give_up_after_seconds`."""
-    gateway = gateways[PAYOUT_GATEWAY]
-
     def handle(w: Withdrawal) -> Withdrawal:
         t = now()
         answer: PayoutResult | Refused | None

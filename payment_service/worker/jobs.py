@@ -8,47 +8,31 @@ out as replicas like the API; SIGTERM stops it at once (work claimed and not sta
 
 from __future__ import annotations
 
+import functools
 import logging
 import signal
 import threading
-from datetime import timedelta
 from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
-from sqlalchemy import delete, select
 
-from ..adapters.orm import IdempotencyKeyRow
 from ..bootstrap import Container
 from ..domain.events import utcnow
-from ..services import jobs, refunds, webhooks, withdrawals
+from ..services import webhooks
 from ..services.lifecycle import Stop
 
 logger = logging.getLogger(__name__)
 
 
-def purge_idempotency_keys(container: Container, batch: int = 1000) -> int:
-    """Delete keys past their expiry (kept at least IDEMPOTENCY_KEY_TTL_SECONDS), in small batches."""
-    total = 0
-    while True:
-        with container.session_factory() as session:
-            ids = session.execute(
-                select(IdempotencyKeyRow.id).where(IdempotencyKeyRow.expires_at < utcnow()).limit(batch)
-            ).scalars().all()
-            if not ids:
-                return total
-            session.execute(delete(IdempotencyKeyRow).where(IdempotencyKeyRow.id.in_(ids)))
-            session.commit()
-        total += len(ids)
-
-
 def purge(container: Container) -> dict[str, int]:
-    out = {"idempotency_keys": purge_idempotency_keys(container)}
-    try:
-        from .relay import purge_published
-    except ImportError:  # pragma: no cover - the relay module ships with the outbox relay
-        return out
-    retention = timedelta(seconds=container.settings.OUTBOX_RETENTION_SECONDS)
-    out["outbox_events"] = purge_published(container.engine, retention)
+    """The retention purges (bootstrap's table), each in small batches: table -> rows deleted."""
+    out = {name: run() for name, run in container.purges().items()}
+    if any(out.values()):  # --- audit trail: a purge that removed rows says so
+        from ..domain import audit
+
+        summary = "retention purge: " + ", ".join(f"{n} {name}" for name, n in out.items() if n)
+        container.audit_store().append(audit.event(
+            utcnow(), "retention.purge", audit.SUCCEEDED, summary, ctx=audit.AuditContext(audit.Actor("job", "purge"))))
     return out
 
 
@@ -84,32 +68,73 @@ def run_applier(container: Container, stop: threading.Event) -> None:
     )
 
 
+def sweep(container: Container, name: str, stop: Stop | None = None) -> int:
+    """One run of the sweep `name` from bootstrap's table (until nothing is due); records finished."""
+    table = {row.name: row for row in container.sweeps()}
+    return table[name].run(stop).finished
+
+
 def expire(container: Container, stop: Stop | None = None) -> int:
-    c = container
-    return jobs.expire_pending_3ds(
-        c.uow_factory, c.gateways(), c.payment_settings(), policy=c.sweep_policy(), stop=stop
-    ).finished
+    return sweep(container, "expire_pending_3ds", stop)
 
 
 def reconcile(container: Container, stop: Stop | None = None) -> int:
-    c = container
-    return jobs.reconcile_pending(
-        c.uow_factory, c.gateways(), c.payment_settings(), policy=c.sweep_policy(), stop=stop
-    ).finished
+    return sweep(container, "reconcile_pending", stop)
 
 
 def retry_refunds(container: Container, stop: Stop | None = None) -> int:
-    c = container
-    return refunds.retry_pending_refunds(
-        c.uow_factory, c.gateways(), c.refund_settings(), policy=c.sweep_policy(), stop=stop
-    ).finished
+    return sweep(container, "retry_pending_refunds", stop)
 
 
 def resolve_payouts(container: Container, stop: Stop | None = None) -> int:
-    c = container
-    return withdrawals.resolve_withdrawals(
-        c.uow_factory, c.gateways(), c.withdrawal_settings(), policy=c.sweep_policy(), stop=stop
-    ).finished
+    return sweep(container, "resolve_payouts", stop)
+
+
+# --- settlement reconciliation (issue 13) ---
+def reconcile_previous_day(container: Container, now: Any = None) -> dict[str, int | None]:
+    """The nightly settlement reconciliation: the last day that ended RECONCILE_DAY_DELAY_SECONDS ago, per
+    gateway, once (whichever worker claims it first; a failed run is retried on the next tick). Returns the
+    differences found per gateway (None: already done, or failed; see the log and reconcile_runs)."""
+    from datetime import timedelta
+
+    from ..adapters.reconciliation_store import write_report
+    from ..services import reconciliation
+
+    c, s = container, container.settings
+    now = now or utcnow()
+    day = (now - timedelta(seconds=s.RECONCILE_DAY_DELAY_SECONDS)).date() - timedelta(days=1)
+    ledger, runs = c.settlement()
+    out: dict[str, int | None] = {}
+    gateways = c.gateways()
+    for name in [g.strip() for g in s.RECONCILE_DAY_GATEWAYS.split(",") if g.strip()]:
+        out[name] = None
+        if name not in gateways:
+            logger.warning("settlement reconciliation: no such gateway", extra={"gateway": name})
+            continue
+        try:
+            report = reconciliation.run_day(
+                gateways[name], ledger, runs, day, utcnow, trigger="nightly", exclusive=True,
+                write_report=lambda r: write_report(s.RECONCILE_REPORT_DIR, r),
+            )
+        except Exception:  # noqa: BLE001 - recorded on the run as FAILED; the next tick tries again
+            logger.exception("settlement reconciliation failed", extra={"gateway": name, "day": day.isoformat()})
+            continue
+        out[name] = None if report is None else len(report.differences)
+    return out
+
+
+# --- end settlement reconciliation ---
+
+
+# --- audit trail (issue 12) ---
+def seal_audit(container: Container) -> int:
+    """Chain the audit rows written since the last run (adapters/audit_store.py); returns how many."""
+    from ..services.audit import seal_pending
+
+    return seal_pending(container.audit_store(), container.settings.AUDIT_HMAC_KEY.encode())
+
+
+# --- end audit trail ---
 
 
 def run_all_once(container: Container) -> dict[str, Any]:
@@ -122,6 +147,7 @@ def run_all_once(container: Container) -> dict[str, Any]:
         "purged": purge(c),
         "refunds_retried": retry_refunds(c),
         "payouts": resolve_payouts(c),
+        "audit_sealed": seal_audit(c),
     }
 
 
@@ -140,28 +166,26 @@ def build_scheduler(
 ) -> BackgroundScheduler:
     """The sweeps and the purge as interval jobs. Each sweep run goes on while records are due (so a
     backlog drains in one run, not one batch per interval) and ends at once when `stop` is set."""
-    c, s = container, container.settings
+    c = container
     sched = scheduler or BackgroundScheduler(timezone="UTC")
     # The sweeps' first run is at start, not one interval later: a worker that was down comes back
     # to a backlog.
     job_defaults: dict[str, Any] = {"coalesce": True, "max_instances": 1, "misfire_grace_time": 30}
     sweep_defaults = {**job_defaults, "next_run_time": utcnow()}
-    sched.add_job(
-        _guarded("expire", lambda: expire(c, stop)),
-        "interval", seconds=s.WORKER_EXPIRY_INTERVAL_SECONDS, id="expire_pending_3ds", **sweep_defaults,
-    )
-    sched.add_job(
-        _guarded("reconcile", lambda: reconcile(c, stop)),
-        "interval", seconds=s.WORKER_RECONCILE_INTERVAL_SECONDS, id="reconcile_pending", **sweep_defaults,
-    )
+    for row in c.sweeps():
+        sched.add_job(
+            _guarded(row.name, functools.partial(row.run, stop)),
+            "interval", seconds=row.every_seconds, id=row.name, **sweep_defaults,
+        )
     sched.add_job(_guarded("purge", lambda: purge(c)), "interval", seconds=3600, id="purge", **job_defaults)
-    sched.add_job(
-        _guarded("refunds", lambda: retry_refunds(c, stop)),
-        "interval", seconds=s.WORKER_REFUND_INTERVAL_SECONDS, id="retry_pending_refunds", **sweep_defaults,
+    sched.add_job(  # the audit trail's sealer (issue 12): chains new rows every few seconds at most
+        _guarded("seal_audit", lambda: seal_audit(c)),
+        "interval", seconds=c.settings.AUDIT_SEAL_INTERVAL_SECONDS, id="seal_audit", **job_defaults,
     )
-    sched.add_job(
-        _guarded("payouts", lambda: resolve_payouts(c, stop)),
-        "interval", seconds=s.WORKER_PAYOUT_INTERVAL_SECONDS, id="resolve_payouts", **sweep_defaults,
+    sched.add_job(  # settlement reconciliation (issue 13): the previous day, once per day and gateway
+        _guarded("reconcile_day", lambda: reconcile_previous_day(c)),
+        "interval", seconds=c.settings.WORKER_RECONCILE_DAY_INTERVAL_SECONDS, id="reconcile_previous_day",
+        **sweep_defaults,
     )
     return sched
 

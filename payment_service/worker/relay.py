@@ -18,9 +18,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from typing import Any
-
-from sqlalchemy import Engine
 
 from config import Settings
 
@@ -29,7 +26,6 @@ from ..adapters.kafka_publisher import PENDING, Delivered, KafkaPublisher, Sent,
 from ..adapters.outbox import unpublishable_reason
 from ..adapters.outbox_metrics import relay_metrics
 from ..adapters.outbox_store import BackgroundMarker, LeaderLease, OutboxMessage, SqlOutboxStore
-from ..adapters.outbox_store import purge_published as purge_published  # where worker/jobs.py imports it
 
 logger = logging.getLogger(__name__)
 
@@ -46,34 +42,18 @@ class OutboxRelay:
     """
 
     def __init__(
-        self, engine: Engine, settings: Settings, *, producer_config: dict[str, Any] | None = None,
-        holder: str | None = None, batch_size: int | None = None, poll_interval: float = 0.005,
-        idle_poll: float | None = None, lease_ttl: float = 5.0, delivery_timeout: float = 5.0,
+        self, store: SqlOutboxStore, publisher: KafkaPublisher, waker: RelayWaker, settings: Settings, *,
+        holder: str | None = None, batch_size: int | None = None, lease_ttl: float = 5.0,
         max_backoff: float = 5.0, on_delivered: Callable[[Sequence[Delivered]], None] | None = None,
-        binlog: bool | None = None, binlog_url: str | None = None, binlog_retry_max: float = 30.0,
-        binlog_safety_poll: float = 10.0,
     ) -> None:
-        self.engine, self.store = engine, SqlOutboxStore(engine)
-        self.publisher = KafkaPublisher(
-            settings.KAFKA_BOOTSTRAP_SERVERS, settings.EVENTS_TOPIC, partitions=settings.EVENTS_TOPIC_PARTITIONS,
-            signing_key=settings.EVENT_SIGNING_KEY, signing_key_id=settings.EVENT_SIGNING_KEY_ID,
-            producer_config=producer_config, delivery_timeout=delivery_timeout,
-        )
+        # Built by bootstrap.build_relay: the store, the publisher and the waker are its adapters.
+        self.store, self.publisher, self.waker = store, publisher, waker
         self.topic = settings.EVENTS_TOPIC
         self.holder = holder or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.batch_size = batch_size or settings.RELAY_BATCH_SIZE
         self.lease = LeaderLease(self.store, self.holder, lease_ttl)
         self.renew_every, self.max_backoff, self.on_delivered = self.lease.renew_every, max_backoff, on_delivered
-        use_binlog = settings.RELAY_BINLOG if binlog is None else binlog
         self._metrics = relay_metrics()
-        self.waker = RelayWaker(
-            (binlog_url or engine.url.render_as_string(hide_password=False)) if use_binlog and self.store.mysql
-            else None,
-            off_reason="RELAY_BINLOG is off" if not use_binlog else f"no binary log ({engine.dialect.name})",
-            poll_interval=poll_interval, safety_poll=binlog_safety_poll, retry_max=binlog_retry_max,
-            idle_poll=settings.RELAY_IDLE_POLL_SECONDS if idle_poll is None else idle_poll,
-            on_mode=self._metrics.set_wake_mode,
-        )
         self._stop = threading.Event()
         self.is_leader, self._topic_ready, self._failures = False, False, 0
         self._wakeable = False  # the wait after this round may be cut short by a wake-up

@@ -80,7 +80,9 @@ def test_relay_killed_mid_way_loses_nothing_and_keeps_each_users_order(
         for i in range(3000):
             user = users[(i * 7) % 50]  # interleaved, so every batch holds many users
             pid = f"pay_crash_{i:05d}"
-            event = Event(EventType.PAYMENT_CAPTURED, pid, user, {"payment_id": pid, "user_id": user, "amount": i})
+            event = Event(EventType.PAYMENT_CAPTURED, pid, user, {  # a whole one: the contract check reads it
+                "payment_id": pid, "user_id": user, "amount": 100 + i, "currency": "INR", "gateway": "stripe",
+                "gateway_payment_id": f"pi_crash_{i:05d}", "captured_at": "2026-11-21T10:00:00.000Z"})
             repo.add(event)
             events.append(event)
             if i % 250 == 249:

@@ -15,6 +15,8 @@ from payment_service.adapters.orm import Base
 EXPECTED_TABLES = {
     "payments", "payment_methods", "withdrawal_requests", "refunds", "gateway_events", "outbox_events",
     "idempotency_keys", "api_clients", "api_keys", "gateway_customers", "relay_leases",
+    "audit_events", "audit_chain", "api_signing_secrets", "request_signatures",
+    "reconcile_runs",  # settlement reconciliation (0005)
 }
 
 

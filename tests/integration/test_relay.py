@@ -30,6 +30,7 @@ from payment_service.adapters.kafka_publisher import verify_signature
 from payment_service.adapters.orm import OutboxEventRow, RelayLeaseRow
 from payment_service.adapters.outbox_store import LEASE_NAME, outbox_stats, purge_published
 from payment_service.adapters.repository import SqlOutboxRepository
+from payment_service.bootstrap import build_relay
 from payment_service.domain.events import Event, EventType
 from payment_service.worker.relay import OutboxRelay
 from tests.support.waiting import wait_for as wait_until
@@ -135,7 +136,7 @@ def make_relay(engine: Engine, settings: Settings, **kw: Any) -> OutboxRelay:
     kw.setdefault("lease_ttl", 2.0)
     kw.setdefault("delivery_timeout", 2.0)
     kw.setdefault("max_backoff", 1.0)
-    return OutboxRelay(engine, settings, **kw)
+    return build_relay(settings, engine, **kw)
 
 
 def first_arrivals(records: list[Record]) -> dict[bytes, list[str]]:
@@ -281,9 +282,8 @@ class _CrashingRelay(OutboxRelay):
 @pytest.mark.parametrize("how", ["stopped", "crashed"])
 def test_two_relays_one_leader_and_the_standby_takes_over(engine: Engine, kafka_bootstrap: str, how: str) -> None:
     settings = relay_settings(engine, kafka_bootstrap)
-    first = (_CrashingRelay if how == "crashed" else OutboxRelay)(
-        engine, settings, holder="relay-1", lease_ttl=2.0, delivery_timeout=2.0, max_backoff=1.0
-    )
+    first = make_relay(engine, settings, holder="relay-1",
+                       relay_class=_CrashingRelay if how == "crashed" else OutboxRelay)
     second = make_relay(engine, settings, holder="relay-2")
     users = [f"u_{i}" for i in range(8)]
     both_leaders = 0

@@ -10,6 +10,8 @@ from collections.abc import Collection
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from payment_service.domain import audit
+from payment_service.domain.audit import AuditEvent
 from payment_service.domain.events import Event
 from payment_service.domain.lifecycle import Move
 from payment_service.domain.payments import (
@@ -38,6 +40,7 @@ from payment_service.gateways.base import (
     WebhookEvent,
 )
 from payment_service.services import unit_of_work as abstract
+from payment_service.services.audit import AuditLog
 
 
 class _Store:
@@ -56,6 +59,7 @@ class _Store:
         # --- withdrawals ---
         self.withdrawals: dict[str, Withdrawal] = {}
         # --- end withdrawals ---
+        self.audit: list[AuditEvent] = []  # audit rows committed (FakeAuditLog)
 
 
 class FakePayments(abstract.PaymentRepository):
@@ -230,9 +234,10 @@ class FakeWithdrawals(abstract.WithdrawalRepository):
 class FakeRecords(abstract.RecordRepository):
     """The one primitive, over the unit of work's private copies of the three tables."""
 
-    def __init__(self, tables: dict[str, dict[str, Any]], outbox: FakeOutbox) -> None:
+    def __init__(self, tables: dict[str, dict[str, Any]], outbox: FakeOutbox, audit_log: Any = None) -> None:
         self.tables = tables
         self.outbox = outbox
+        self.audit_log = audit_log  # --- audit trail: a row per move, in the same unit of work
 
     def get(self, kind: str, record_id: str, *, for_update: bool = False) -> Any | None:
         r = self.tables[kind].get(record_id)
@@ -246,6 +251,9 @@ class FakeRecords(abstract.RecordRepository):
         table[move.record_id] = dataclasses.replace(r, status=move.target, **move.changes)
         if move.event is not None:
             self.outbox.add(move.event)
+        if self.audit_log is not None:
+            self.audit_log.add(audit.state_change(move.kind, move.record_id, move.target,
+                                                  move.changes["updated_at"], dict(move.changes)))
         return True
 
     def update(self, kind: str, record_id: str, **changes: Any) -> None:
@@ -324,6 +332,14 @@ class FakeOutbox(abstract.OutboxRepository):
         self.pending.append(event)
 
 
+class FakeAuditLog(AuditLog):
+    def __init__(self, rows: list[AuditEvent]) -> None:
+        self.rows = rows
+
+    def add(self, event: AuditEvent) -> None:
+        self.rows.append(event)
+
+
 class FakeUnitOfWork(abstract.AbstractUnitOfWork):
     """Writes go to a private copy of the store and reach it only on commit()."""
 
@@ -347,9 +363,10 @@ class FakeUnitOfWork(abstract.AbstractUnitOfWork):
         self.gateway_events = FakeGatewayEvents(self.store)  # immediate: the inbox's own transactions are short
         self._withdrawals = copy.deepcopy(self.store.withdrawals)
         self.withdrawals = FakeWithdrawals(self._withdrawals)
+        self._audit: list[AuditEvent] = []
         self.records = FakeRecords(
             {"payment": self._work["payments"], "refund": self._work["refunds"], "withdrawal": self._withdrawals},
-            self.outbox,
+            self.outbox, FakeAuditLog(self._audit),
         )
         return self
 
@@ -368,11 +385,14 @@ class FakeUnitOfWork(abstract.AbstractUnitOfWork):
         self.store.idem.update(self._idem)
         self.store.outbox.extend(self._outbox)
         self._outbox.clear()
+        self.store.audit.extend(self._audit)
+        self._audit.clear()
         self.committed = True
         self.store.commits += 1
 
     def rollback(self) -> None:
         self._outbox.clear()
+        self._audit.clear()
 
 
 class Clock:
@@ -619,3 +639,104 @@ def run_flow(flow: Any, uow_factory: Any, key: str | None = None, caller: str = 
     record_id = json.loads(reply.body)["id"]
     with uow_factory() as uow:
         return uow.records.get(flow.kind, record_id)
+
+
+# --- settlement reconciliation (issue 13) -------------------------------------------------------
+
+
+class FakeSettlementGateway:
+    """A gateway's day as lists: `charges` and `refunds` (SettledCharge / SettledRefund), listed by
+    creation time and looked up one by one like the adapters do."""
+
+    def __init__(self, name: str = "stripe") -> None:
+        from payment_service.gateways.base import SettledCharge, SettledRefund
+
+        self.name = name
+        self.charges: list[SettledCharge] = []
+        self.refunds: list[SettledRefund] = []
+        self.lookups: list[str] = []
+        self.unavailable = False
+
+    def list_charges(self, start: datetime, end: datetime) -> Any:
+        if self.unavailable:
+            raise GatewayUnavailableError("timeout")
+        return iter([c for c in self.charges if c.created_at is not None and start <= c.created_at < end])
+
+    def list_refunds(self, start: datetime, end: datetime) -> Any:
+        return iter([r for r in self.refunds if r.created_at is not None and start <= r.created_at < end])
+
+    def retrieve_charge(self, gateway_payment_id: str) -> ChargeResult:
+        self.lookups.append(gateway_payment_id)
+        for c in self.charges:
+            if c.gateway_payment_id == gateway_payment_id:
+                return ChargeResult(c.status, c.gateway_payment_id, amount=c.amount, currency=c.currency,
+                                    reference=c.reference, raw_status=c.raw_status)
+        raise GatewayError("No such payment_intent", code="not_found")
+
+    def find_charge(self, reference: str) -> ChargeResult | None:
+        self.lookups.append(reference)
+        found = [c for c in self.charges if c.reference == reference]
+        return self.retrieve_charge(found[0].gateway_payment_id) if found else None
+
+    def retrieve_refund(self, gateway_refund_id: str, gateway_payment_id: str | None = None) -> RefundResult:
+        self.lookups.append(gateway_refund_id)
+        for r in self.refunds:
+            if r.gateway_refund_id == gateway_refund_id:
+                return RefundResult(r.gateway_refund_id, r.status, r.amount)
+        raise GatewayError("No such refund", code="not_found")
+
+
+class FakeLedger:
+    """Our side of reconciliation: OurPayment / OurRefund lists (services/reconciliation.SettlementLedger)."""
+
+    def __init__(self) -> None:
+        self.payments: list[Any] = []
+        self.refunds: list[Any] = []
+
+    def payments_created(self, gateway: str, start: datetime, end: datetime) -> list[Any]:
+        return [p for p in self.payments if p.gateway == gateway and start <= p.created_at < end]
+
+    def refunds_created(self, gateway: str, start: datetime, end: datetime) -> list[Any]:
+        return [r for r in self.refunds if r.gateway == gateway and start <= r.created_at < end]
+
+    def payments_matching(self, gateway: str, gateway_payment_ids: Any, payment_ids: Any) -> list[Any]:
+        gids, ids = set(gateway_payment_ids), set(payment_ids)
+        return [p for p in self.payments if (p.gateway == gateway and p.gateway_payment_id in gids) or p.id in ids]
+
+    def refunds_matching(self, gateway: str, gateway_refund_ids: Any, refund_ids: Any, charge_ids: Any) -> list[Any]:
+        grids, ids, charges = set(gateway_refund_ids), set(refund_ids), set(charge_ids)
+        return [r for r in self.refunds if r.gateway == gateway and (
+            r.gateway_refund_id in grids or r.id in ids or (r.late and r.charge_id in charges))]
+
+
+class FakeRunLog:
+    """reconcile_runs in memory: run id -> row dict."""
+
+    def __init__(self) -> None:
+        self.rows: dict[int, dict[str, Any]] = {}
+
+    def start(self, day: Any, gateway: str, trigger: str, now: datetime, *, exclusive: bool = False,
+              stale_before: datetime | None = None) -> int | None:
+        if exclusive:
+            for run_id, row in self.rows.items():
+                if row["claim"] == (day, gateway, trigger):
+                    stale = (row["status"] == "RUNNING" and stale_before is not None
+                             and row["started_at"] < stale_before)
+                    if row["status"] != "FAILED" and not stale:
+                        return None
+                    row.update(status="RUNNING", started_at=now, error=None)
+                    return run_id
+        run_id = len(self.rows) + 1
+        self.rows[run_id] = {"day": day, "gateway": gateway, "trigger": trigger, "status": "RUNNING",
+                             "started_at": now, "claim": (day, gateway, trigger) if exclusive else None}
+        return run_id
+
+    def finish(self, run_id: int, report: Any, report_location: str | None) -> None:
+        self.rows[run_id].update(status="CLEAN" if report.clean else "DIFFERENCES",
+                                 differences=len(report.differences), report_location=report_location)
+
+    def fail(self, run_id: int, error: str, now: datetime) -> None:
+        self.rows[run_id].update(status="FAILED", error=error)
+
+
+# --- end settlement reconciliation ---------------------------------------------------------------

@@ -71,7 +71,7 @@ def retry_refunds(env) -> SweepReport:
 
 def resolve(env) -> SweepReport:
     uow_factory, _, gw, clock = env
-    return withdrawals.resolve_withdrawals(uow_factory, gateways(gw), W_SETTINGS, now=clock)
+    return withdrawals.resolve_withdrawals(uow_factory, gw, W_SETTINGS, now=clock)
 
 
 def events(store, type_: EventType) -> list:
@@ -364,11 +364,11 @@ def test_withdrawal_validation(env, mode, beneficiary, amount, currency, fields)
     uow_factory, store, gw, clock = env
     cmd = withdrawals.RequestWithdrawal("u_1", amount, currency, mode, Beneficiary(**beneficiary))
     if not fields:
-        flow = withdrawals.WithdrawalFlow(cmd, gateways(gw), W_SETTINGS)
+        flow = withdrawals.WithdrawalFlow(cmd, gw, W_SETTINGS)
         assert run_flow(flow, uow_factory, now=clock).status == "PROCESSING"
         return
     with pytest.raises(ValidationFailed) as exc:
-        withdrawals.WithdrawalFlow(cmd, gateways(gw), W_SETTINGS)
+        withdrawals.WithdrawalFlow(cmd, gw, W_SETTINGS)
     assert [e["field"] for e in exc.value.errors] == fields
     assert ACCOUNT not in json.dumps(exc.value.errors) + exc.value.detail
     assert store.withdrawals == {} and store.idem == {} and gw.payout_calls == []
@@ -383,7 +383,7 @@ def withdraw(env, mode: str = "IMPS", beneficiary: dict | None = None, amount: i
     uow_factory, _, gw, clock = env
     b = Beneficiary(**(beneficiary or (UPI if mode == "UPI" else BANK)))
     cmd = withdrawals.RequestWithdrawal("u_1", amount, "INR", mode, b)
-    flow = withdrawals.WithdrawalFlow(cmd, gateways(gw), W_SETTINGS)
+    flow = withdrawals.WithdrawalFlow(cmd, gw, W_SETTINGS)
     return run_flow(flow, uow_factory, key=key, now=clock)
 
 

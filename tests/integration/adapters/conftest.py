@@ -1,0 +1,56 @@
+"""Fixtures for the adapter tests: one migrated MariaDB database per module, sessions and units of work on it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import pytest
+from sqlalchemy import Engine, delete
+from sqlalchemy.orm import Session, sessionmaker
+
+from payment_service.adapters import migrate
+from payment_service.adapters.orm import (
+    GatewayEventRow,
+    IdempotencyKeyRow,
+    OutboxEventRow,
+    RefundRow,
+    WithdrawalRequestRow,
+)
+from payment_service.adapters.unit_of_work import SqlAlchemyUnitOfWork
+from payment_service.bootstrap import make_engine
+
+THREADS = 8
+
+
+@pytest.fixture(scope="module")
+def engine(fresh_database_url: str) -> Iterator[Engine]:
+    migrate.upgrade(fresh_database_url)
+    eng = make_engine(fresh_database_url, pool_size=THREADS + 4)
+    yield eng
+    eng.dispose()
+
+
+@pytest.fixture(scope="module")
+def session_factory(engine: Engine) -> sessionmaker[Session]:
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+@pytest.fixture(scope="module")
+def uow_factory(session_factory: sessionmaker[Session]) -> Callable[[], SqlAlchemyUnitOfWork]:
+    return lambda: SqlAlchemyUnitOfWork(session_factory)
+
+
+@pytest.fixture
+def session(session_factory: sessionmaker[Session]) -> Iterator[Session]:
+    """A session of the test's own, to set rows up and read them back (beside the code under test)."""
+    with session_factory() as s:
+        yield s
+
+
+@pytest.fixture
+def empty_queues(engine: Engine) -> None:
+    """No rows left by earlier tests of the module in the tables that are scanned rather than looked up
+    (sweeps, the inbox's claim, the relay's claim); payments go only once their refunds have."""
+    with engine.begin() as conn:
+        for table in (RefundRow, WithdrawalRequestRow, GatewayEventRow, OutboxEventRow, IdempotencyKeyRow):
+            conn.execute(delete(table))
