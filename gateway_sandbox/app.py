@@ -7,10 +7,11 @@ import time
 
 from flask import Flask, Response, jsonify, request
 
-from . import razorpay_api, stripe_api
 from .admin import admin
 from .config import SandboxConfig
 from .core import EXTENSION_KEY, Sandbox, current_sandbox
+from .razorpay import bp as razorpay_bp
+from .stripe import bp as stripe_bp
 
 
 def _apply_faults() -> Response | None:
@@ -59,8 +60,8 @@ def create_sandbox_app(config: SandboxConfig | None = None) -> Flask:
     app.after_request(_lose_response)
     app.register_blueprint(admin)
 
-    app.register_blueprint(stripe_api.bp, url_prefix="/stripe")
-    app.register_blueprint(razorpay_api.bp, url_prefix="/razorpay")
+    app.register_blueprint(stripe_bp, url_prefix="/stripe")
+    app.register_blueprint(razorpay_bp, url_prefix="/razorpay")
 
     @app.get("/")
     def index() -> Response:

@@ -1,6 +1,6 @@
 """The sandbox's state: its objects, idempotent responses, and `current_sandbox()` for the wire APIs.
 
-Each gateway's wire API is a blueprint of its own (stripe_api.py under /stripe, razorpay_api.py
+Each gateway's wire API is a blueprint of its own (the stripe/ package under /stripe, razorpay/
 under /razorpay); both reach the objects here through `current_sandbox()`. The app is put together
 in app.py; faults in faults.py, webhook delivery in webhooks.py, the admin API in admin.py.
 """

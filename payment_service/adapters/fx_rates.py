@@ -119,6 +119,15 @@ def _file_path(source: str) -> Path | None:
     return Path(source)
 
 
+def _reason(exc: Exception) -> str:
+    """Why a load failed, without the URL an HTTP library's message repeats (it may carry a key)."""
+    if isinstance(exc, RatesFormatError | OSError) and not isinstance(exc, requests.RequestException):
+        return f"{type(exc).__name__}: {exc}"[:300]
+    if isinstance(exc, requests.HTTPError) and exc.response is not None:
+        return f"HTTP {exc.response.status_code}"
+    return type(exc).__name__
+
+
 class EcbRates:
     """The latest rate table of one source, refreshed in the background; never blocks a caller."""
 
@@ -186,10 +195,7 @@ class EcbRates:
         except Exception as exc:  # noqa: BLE001 - any failure: keep the old table, say so, try later
             self._due_at = self._monotonic() + min(self.refresh_seconds, RETRY_FAILED_SECONDS)
             FX_REFRESHES.labels("failed").inc()
-            logger.warning(
-                "fx rates not refreshed",
-                extra={"source": self._describe(), "error": f"{type(exc).__name__}: {exc}"[:300]},
-            )
+            logger.warning("fx rates not refreshed", extra={"source": self._describe(), "error": _reason(exc)})
             return False
         self._table = table
         self._due_at = self._monotonic() + self.refresh_seconds

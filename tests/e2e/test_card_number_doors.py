@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 
 from config.settings import DEV_JWT_SECRET
 from gateway_sandbox.server import SandboxServer
-from gateway_sandbox.stripe_api import sign_payload
+from gateway_sandbox.stripe.events import sign_payload
 from localparts.topic_reader import Record, TopicReader
 from payment_service.adapters.api_clients import SqlAlchemyApiClientRepository
 from payment_service.adapters.orm import GatewayEventRow, OutboxEventRow, PaymentRow, WithdrawalRequestRow

@@ -14,7 +14,7 @@ import pytest
 import requests
 from sqlalchemy import func, select
 
-from gateway_sandbox.stripe_api import sign_payload
+from gateway_sandbox.stripe.events import sign_payload
 from payment_service.adapters.orm import GatewayEventRow, OutboxEventRow, PaymentRow
 from tests.support.processes import VENV_BIN, ServiceProcess
 from tests.support.waiting import wait_for

@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import create_engine, select
 
 from config.settings import SANDBOX_RAZORPAY_WEBHOOK_SECRET, SANDBOX_STRIPE_WEBHOOK_SECRET
-from gateway_sandbox.stripe_api import sign_payload
+from gateway_sandbox.stripe.events import sign_payload
 from payment_service.adapters import migrate
 from payment_service.adapters.orm import GatewayEventRow
 from payment_service.api import create_app

@@ -29,19 +29,21 @@ except ImportError:  # pragma: no cover
     Expression = None  # type: ignore[assignment,misc]
 
 LANES = ("unit", "integration", "e2e")
-TESTS_DIR = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
+
+
+def tests_dir(config: pytest.Config) -> Path:
+    """Where the lane directories are: `tests/` beside the ini file (this repository's, or a test's own)."""
+    return Path(config.rootpath).resolve() / "tests"
 
 
 class IOInUnitTest(RuntimeError):
     """A unit test tried to reach outside the process (or into a database)."""
 
 
-def lane_of(path: Path) -> str | None:
-    """The lane of a test file under tests/, from its first directory; None when it is in none."""
-    try:
-        parts = path.resolve().relative_to(TESTS_DIR).parts
-    except ValueError:
-        return None
+def lane_of(path: Path, root: Path) -> str | None:
+    """The lane of a test file under `root` (tests/), from its first directory; None when it is in none."""
+    parts = path.resolve().relative_to(root).parts
     return parts[0] if len(parts) > 1 and parts[0] in LANES else None
 
 
@@ -69,7 +71,7 @@ def _lane_can_match(config: pytest.Config, lane: str) -> bool:
 def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
     """Do not even import a lane the `-m` expression leaves out: `-m unit` then loads neither the
     browser, the SDKs nor the sandbox that the other lanes' modules import, and is not broken by them."""
-    if collection_path.parent == TESTS_DIR and collection_path.name in LANES:
+    if collection_path.name in LANES and collection_path.parent.resolve() == tests_dir(config):
         if not _lane_can_match(config, collection_path.name):
             return True
     return None
@@ -78,13 +80,12 @@ def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool 
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects by the markers given here
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     misplaced: list[str] = []
+    root = tests_dir(config)
     for item in items:
         path = Path(str(item.path))
-        try:
-            path.resolve().relative_to(TESTS_DIR)
-        except ValueError:
+        if not path.resolve().is_relative_to(root):
             continue  # not one of ours (run by path from elsewhere): no lane to give
-        lane = lane_of(path)
+        lane = lane_of(path, root)
         declared = {m.name for m in item.iter_markers() if m.name in LANES}
         if lane is None:
             misplaced.append(f"{item.nodeid}: not in tests/unit, tests/integration or tests/e2e")
@@ -109,7 +110,7 @@ def _safe_repr(value: Any) -> str:
 
 def _caller() -> str:
     """Where in our code the blocked call was made: the innermost frames outside libraries and this file."""
-    root = str(TESTS_DIR.parent)
+    root = str(REPO)
     ours = [f for f in traceback.extract_stack()[:-2]
             if f.filename.startswith(root) and "site-packages" not in f.filename and f.filename != __file__]
     return " <- ".join(f"{Path(f.filename).relative_to(root)}:{f.lineno}" for f in reversed(ours[-3:])) or "?"

@@ -41,13 +41,6 @@ def uow_factory(session_factory: sessionmaker[Session]) -> Callable[[], SqlAlche
 
 
 @pytest.fixture
-def session(session_factory: sessionmaker[Session]) -> Iterator[Session]:
-    """A session of the test's own, to set rows up and read them back (beside the code under test)."""
-    with session_factory() as s:
-        yield s
-
-
-@pytest.fixture
 def empty_queues(engine: Engine) -> None:
     """No rows left by earlier tests of the module in the tables that are scanned rather than looked up
     (sweeps, the inbox's claim, the relay's claim); payments go only once their refunds have."""

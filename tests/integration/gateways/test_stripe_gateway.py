@@ -18,7 +18,7 @@ import pytest
 import requests
 
 from gateway_sandbox.server import SandboxServer, free_port
-from gateway_sandbox.stripe_api import sign_payload
+from gateway_sandbox.stripe.events import sign_payload
 from payment_service.domain.cards import contains_card_number
 from payment_service.gateways.base import (
     Beneficiary,
