@@ -5,9 +5,9 @@ Not a test: it prints figures. On a machine shared with other work, closed-loop 
 the same MariaDB (durable) and the same gateway sandbox:
 
 - **with audit**: `payment-service serve` from this tree;
-- **without**: the same, from a copy of `payment_service/` in which the two audit writes a top-up
-  makes are cut out (the row of the capture's status change, written by `RecordRepository.move`,
-  and the row of the API call, written after the answer); nothing else differs.
+- **without**: the same, from a copy of `payment_service/` in which the audit writes a top-up makes
+  are cut out (the row of the capture's status change, written by `RecordRepository.move`, and the
+  row of the API call, written with the stored answer or after it); nothing else differs.
 
 Per round it drives `--topups` top-ups from `--clients` concurrent keep-alive clients, at the
 given gateway latency, and prints top-ups/s and the CPU seconds per top-up of the API's workers, the
@@ -52,6 +52,8 @@ CUTS = [  # (file, text, replacement): the two audit writes of a top-up
     ("api/__init__.py", "    audit_api.init_app(app)\n", "    pass  # bench: no audit rows\n"),
     ("adapters/repository.py", "        if moved:\n            self.audit_log.add(",
      "        if False:  # bench: no audit rows\n            self.audit_log.add("),
+    ("adapters/repository.py", "        row = audit.api_call(utcnow(), status, resource_id)\n",
+     "        row = None  # bench: no audit rows\n"),
 ]
 
 
@@ -170,15 +172,17 @@ def main() -> None:
         for rnd in range(args.rounds):
             for side in (list(sides) if rnd % 2 == 0 else list(reversed(sides))):
                 side_url, proc = sides[side]
-                pids = family(proc.proc.pid) + family(sandbox.proc.pid) + db_pids
+                parts = {"API": family(proc.proc.pid), "sandbox": family(sandbox.proc.pid), "MariaDB": db_pids}
                 load = Path("/proc/loadavg").read_text().split()[0]
-                c0 = cpu_seconds(pids)
+                c0 = {name: cpu_seconds(pids) for name, pids in parts.items()}
                 took, errors = drive(side_url, args.topups, args.clients)
-                cpu = (cpu_seconds(pids) - c0) / args.topups * 1000
+                each = {name: (cpu_seconds(pids) - c0[name]) / args.topups * 1000 for name, pids in parts.items()}
+                cpu = sum(each.values())
                 rate = args.topups / took
                 results[side].append((rate, cpu))
-                print(f"round {rnd + 1} {side:<11} {rate:7.1f} top-ups/s  {cpu:5.2f} ms CPU per top-up "
-                      f"(API + sandbox + MariaDB)  errors {errors}  load {load}")
+                split = ", ".join(f"{name} {ms:.2f}" for name, ms in each.items())
+                print(f"round {rnd + 1} {side:<11} {rate:7.1f} top-ups/s  {cpu:5.2f} ms CPU per top-up ({split})  "
+                      f"errors {errors}  load {load}")
         med = {s: (statistics.median(r for r, _ in v), statistics.median(c for _, c in v)) for s, v in results.items()}
         w, wo = med["with audit"], med["without"]
         print(f"medians: with audit {w[0]:.1f}/s, {w[1]:.2f} ms CPU; without {wo[0]:.1f}/s, {wo[1]:.2f} ms CPU")

@@ -81,11 +81,14 @@ def audit_verify(no_seal: bool) -> None:
 @audit.command("seal")
 def audit_seal() -> None:
     """Chain the rows written since the worker last did (it does so every AUDIT_SEAL_INTERVAL_SECONDS)."""
+    from .domain.audit import ChainHeadTampered
     from .services import audit as audit_service
 
     container, store, key = _store()
     try:
         n = audit_service.seal_pending(store, key)
+    except ChainHeadTampered as exc:
+        raise click.ClickException(f"{exc}: run `payment-service audit verify`; nothing was sealed") from None
     finally:
         container.close()
     click.echo(f"sealed {n} row(s)")
@@ -128,6 +131,8 @@ def audit_purge(before: datetime, yes: bool) -> None:
     try:
         with audit_domain.acting_as(cli_actor()):
             report = audit_service.purge(store, key, before, utcnow())
+    except audit_domain.ChainHeadTampered as exc:
+        raise click.ClickException(f"{exc}: run `payment-service audit verify`; nothing was purged") from None
     finally:
         container.close()
     click.echo(f"purged {report.removed} row(s); the chain now starts after seq {report.anchor_seq}")

@@ -329,8 +329,13 @@ def clients_list() -> None:
         scopes = ",".join(sorted(c.scopes))
         if not c.keys:
             rows.append((c.name, c.id, status, scopes, "-", "-", "-", "-", "-"))
+        if c.require_signing:  # signed requests (issue 12): its signing secrets are listed like keys
+            status += ",signs"
         for k in c.keys:
             rows.append((c.name, c.id, status, scopes, k.prefix, k.status(now),
+                         when(k.created_at), when(k.expires_at), when(k.revoked_at)))
+        for k in c.signing_secrets:
+            rows.append((c.name, c.id, status, scopes, k.prefix, f"{k.status(now)} (signing)",
                          when(k.created_at), when(k.expires_at), when(k.revoked_at)))
     if not rows:
         click.echo("no clients")

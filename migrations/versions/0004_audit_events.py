@@ -97,8 +97,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_index("ix_request_signatures_expires", table_name="request_signatures")
     op.drop_table("request_signatures")
-    op.drop_index("ix_api_signing_secrets_client", table_name="api_signing_secrets")
-    op.drop_table("api_signing_secrets")
+    op.drop_table("api_signing_secrets")  # with its index (MySQL keeps an index a foreign key needs)
     with op.batch_alter_table("api_clients", schema=None) as batch_op:
         batch_op.drop_column("require_signing")
     op.drop_table("audit_chain")

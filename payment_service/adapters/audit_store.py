@@ -1,6 +1,7 @@
 """The audit trail on SQLAlchemy: rows in the caller's transaction, the sealer, verify's walk, export, purge.
 
-Writers only INSERT (no lock, no read): a state change's row costs its transaction one statement.
+Writers only INSERT (no lock, no read): the rows of a transaction go in one multi-row INSERT just
+before it commits.
 The sealer is the one place the chain grows: it locks the head row (`audit_chain`, id 1,
 SELECT ... FOR UPDATE), takes unsealed rows in id order, and fills their `seq`, `prev_hash` and
 `hash` once. `seq` is the chain's order; a row whose transaction commits late (a lower id than rows
@@ -11,10 +12,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import fields
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Engine, Table, case, delete, func, insert, select, update
+from sqlalchemy import event as sa_event
 from sqlalchemy.orm import Session
 
 from ..domain import audit
@@ -38,11 +40,45 @@ def _event(row: Any) -> AuditEvent:
 
 
 class SqlAuditLog(AuditLog):
+    """Rows of the session's transaction, written as one multi-row INSERT just before it commits (a
+    top-up's last phase has two: its status change and its API call), gone if it rolls back."""
+
     def __init__(self, session: Session) -> None:
         self.session = session
 
     def add(self, event: AuditEvent) -> None:
-        self.session.execute(_INSERT, _values(event))
+        self.session.info.setdefault(_PENDING, []).append(_values(event))
+
+
+_PENDING = "audit_rows_pending"
+
+
+# On MySQL the rows go straight to the driver (one multi-row INSERT, PyMySQL's executemany): a third of
+# the client CPU of the same through SQLAlchemy's executemany, on the path of every top-up.
+_COLUMNS, _MARKS = ", ".join(_WRITTEN), ", ".join(["%s"] * len(_WRITTEN))
+_MYSQL_INSERT = f"INSERT INTO audit_events ({_COLUMNS}) VALUES ({_MARKS})"  # noqa: S608 - our column names
+
+
+def _driver_row(values: dict[str, Any]) -> tuple[Any, ...]:
+    at = values["occurred_at"]
+    return tuple(at.astimezone(UTC).replace(tzinfo=None) if n == "occurred_at" else values[n] for n in _WRITTEN)
+
+
+@sa_event.listens_for(Session, "before_commit")
+def _write_pending(session: Session) -> None:
+    rows = session.info.pop(_PENDING, None)
+    if not rows:
+        return
+    conn = session.connection()
+    if conn.dialect.name == "mysql":
+        conn.exec_driver_sql(_MYSQL_INSERT, [_driver_row(r) for r in rows])
+    else:
+        conn.execute(_INSERT, rows)
+
+
+@sa_event.listens_for(Session, "after_rollback")
+def _drop_pending(session: Session) -> None:
+    session.info.pop(_PENDING, None)
 
 
 def _head(row: Any) -> ChainHead:

@@ -461,6 +461,13 @@ class SqlIdempotencyRepository(abstract.IdempotencyRepository):
         self.session.execute(
             _COMPLETE_IDEM, {"rid": record_id, "rstatus": status, "rbody": body, "resource": resource_id}
         )
+        # --- audit trail: the API call's row, in the transaction that stores its answer (issue 12) ---
+        row = audit.api_call(utcnow(), status, resource_id)
+        if row is not None:
+            SqlAuditLog(self.session).add(row)
+            call = audit.current().call
+            if call is not None:
+                call.recorded_status = status
 
     def release(self, record_id: int) -> None:
         self.session.execute(

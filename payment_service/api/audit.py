@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import re
 from datetime import datetime
 from typing import Any
 
@@ -33,7 +34,7 @@ logger = logging.getLogger(__name__)
 bp = Blueprint("audit", __name__)
 
 MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-_ID_TYPES = {"pay": "payment", "re": "refund", "wd": "withdrawal", "pm": "payment_method", "cli": "api_client"}
+_CONVERTER = re.compile(r"<(?:[^:<>]+:)?([^<>]+)>")  # "<method:method_id>" -> "<method_id>" in actions
 
 
 def store() -> AuditStore:
@@ -51,11 +52,15 @@ def _actor(principal: Principal | None) -> audit.Actor:
 def begin() -> None:
     """before_request, after identify(): the audit context of this request."""
     principal = g.get("principal") or g.get("unverified_principal")
-    ctx = audit.AuditContext(_actor(principal), g.get("request_id"), request.remote_addr)
+    call = None
+    if request.method in MUTATING and request.url_rule is not None and not is_exempt_path(request.path):
+        call = audit.ApiCall(request.method, _CONVERTER.sub(r"<\1>", request.url_rule.rule), request.path)
+    ctx = audit.AuditContext(_actor(principal), g.get("request_id"), request.remote_addr, call)
+    g.audit_context = ctx
     g.audit_token = audit.set_context(ctx)
 
 
-def _resource(response: Response) -> tuple[str | None, str | None]:
+def _resource_id(response: Response) -> str | None:
     rid: Any = None
     if response.status_code < 400 and response.is_json:
         body = response.get_json(silent=True)
@@ -64,33 +69,29 @@ def _resource(response: Response) -> tuple[str | None, str | None]:
     if not isinstance(rid, str):
         args = request.view_args or {}
         rid = next((v for v in args.values() if isinstance(v, str)), None)
-    if rid is None:
-        return None, None
-    return _ID_TYPES.get(rid.partition("_")[0]), rid
-
-
-def _outcome(status: int) -> str:
-    if status < 400 or status == 402:  # 402: the payment was recorded, as FAILED
-        return audit.SUCCEEDED
-    return audit.REJECTED if status < 500 else audit.FAILED
+    return rid if isinstance(rid, str) else None
 
 
 def record(response: Response) -> Response:
-    """after_request: one row for a mutation, whatever its answer (but 429: a flood is not recorded row by row)."""
-    if (request.method not in MUTATING or request.url_rule is None or is_exempt_path(request.path)
-            or response.status_code == 429):
-        return response
+    """after_request: the mutation's row, unless the transaction that stored its answer wrote it (a keyed
+    mutation's last phase); whatever the answer, but 429 (a flood is not recorded row by row)."""
+    ctx: audit.AuditContext | None = g.get("audit_context")
     status = response.status_code
-    summary = f"{status} {request.method} {request.path}"
+    if ctx is None or ctx.call is None or status == 429:
+        return response
+    replayed = response.headers.get("Idempotent-Replayed") == "true"
+    if ctx.call.recorded_status == status and not replayed:
+        return response
+    detail = ""
     if status >= 400 and response.mimetype == "application/problem+json":
         body = response.get_json(silent=True)
         if isinstance(body, dict) and isinstance(body.get("code"), str):
-            summary += f" {body['code']}"
-    if response.headers.get("Idempotent-Replayed") == "true":
-        summary += " (replayed)"
-    resource_type, resource_id = _resource(response)
-    row = audit.event(utcnow(), f"{request.method} {request.url_rule.rule}", _outcome(status), summary,
-                      resource_type=resource_type, resource_id=resource_id, http_status=status)
+            detail = body["code"]
+    if replayed:
+        detail = "(replayed)"
+    row = audit.api_call(utcnow(), status, _resource_id(response), detail, ctx=ctx)
+    if row is None:
+        return response
     try:
         store().append(row)
     except SQLAlchemyError:

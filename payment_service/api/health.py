@@ -17,7 +17,9 @@ from ..adapters.lifecycle_metrics import LifecycleCollector
 from ..adapters.outbox_metrics import install_outbox_collector, outbox_collector  # outbox backlog metrics
 from ..adapters.reconciliation_metrics import ReconciliationCollector  # settlement reconciliation
 from ..adapters.webhook_metrics import WebhookInboxCollector
+from . import schemas
 from .context import container
+from .schemas import Health, Readiness
 
 logger = logging.getLogger(__name__)
 bp = Blueprint("health", __name__)
@@ -46,7 +48,7 @@ def record_request(response: Response) -> Response:
 
 @bp.get("/healthz")
 def healthz() -> Response:
-    return jsonify({"status": "ok"})
+    return jsonify(schemas.body(Health, {"status": "ok"}))
 
 
 def _check_database() -> str | None:
@@ -78,7 +80,7 @@ def readyz() -> tuple[Response, int]:
         )
         response.headers["Retry-After"] = "5"
         return response, 503
-    return jsonify({"status": "ready", "checks": body}), 200
+    return jsonify(schemas.body(Readiness, {"status": "ready", "checks": body})), 200
 
 
 # --- relay: outbox backlog metrics, read from the database at scrape time ---

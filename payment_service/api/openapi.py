@@ -16,6 +16,7 @@ from flask import Blueprint, Response, abort, jsonify, send_from_directory
 from pydantic import BaseModel
 
 from .routing import document_path_ids
+from .schemas import Health, Readiness
 
 bp = Blueprint("openapi", __name__)
 
@@ -168,11 +169,12 @@ def docs_static(filename: str) -> Response:
 
 _text = {"description": "OK", "content": {"text/plain": {"schema": {"type": "string"}}}}
 document("/healthz", "get", {"summary": "Liveness: the process is up", "tags": ["operations"],
-                             "responses": {"200": {"description": "alive"}}})
+                             "responses": {"200": json_body(Health, "alive")}})
 document("/readyz", "get", {
-    "summary": "Readiness: database reachable, migrations at head, broker reachable",
+    "summary": "Readiness: database reachable, migrations at head (not the broker, not the gateways)",
     "tags": ["operations"],
-    "responses": {"200": {"description": "ready"}, "503": problem_ref("a dependency is not ready; `errors` names it")},
+    "responses": {"200": json_body(Readiness, "ready"),
+                  "503": problem_ref("a dependency is not ready; `errors` names it")},
 })
 document("/metrics", "get", {"summary": "Prometheus metrics", "tags": ["operations"], "responses": {"200": _text}})
 document("/openapi.json", "get", {"summary": "This document", "tags": ["operations"],

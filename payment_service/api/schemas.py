@@ -244,6 +244,15 @@ class WithdrawalOut(Out):
 # --- end refunds and withdrawals ------------------------------------------------------------
 
 
+class Health(Out):
+    status: Literal["ok"]
+
+
+class Readiness(Out):
+    status: Literal["ready"]
+    checks: dict[str, str] = Field(description="each part checked (database): `ok`")
+
+
 class WebhookReceived(Out):
     """The answer to a gateway's webhook: stored (applied later), or a duplicate of a stored event."""
 

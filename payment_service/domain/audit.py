@@ -20,7 +20,7 @@ import hmac
 import json
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -51,11 +51,28 @@ SYSTEM = Actor("system", "service")
 ANONYMOUS = Actor("anonymous", "-")
 
 
+@dataclass
+class ApiCall:
+    """The API call a request context belongs to. Its row is written by whichever comes first: the
+    transaction that stores the call's answer (a keyed mutation's last phase: no transaction of its
+    own), else the API after the answer. `recorded_status` says which status was written already."""
+
+    method: str
+    route: str  # the URL rule: "POST /payments/<payment_id>/refunds" is the row's action
+    path: str
+    recorded_status: int | None = None
+
+    @property
+    def action(self) -> str:
+        return f"{self.method} {self.route}"
+
+
 @dataclass(frozen=True)
 class AuditContext:
     actor: Actor
     request_id: str | None = None  # the API request's id, or the webhook's event id
     source: str | None = None  # the caller's network address
+    call: ApiCall | None = None  # set for API requests
 
 
 _current: contextvars.ContextVar[AuditContext | None] = contextvars.ContextVar("audit_context", default=None)
@@ -130,6 +147,31 @@ def event(
         outcome=outcome, summary=summary, resource_type=resource_type, resource_id=resource_id,
         http_status=http_status, request_id=ctx.request_id, source=ctx.source,
     ).cleaned()
+
+
+_ID_TYPES = {"pay": "payment", "re": "refund", "wd": "withdrawal", "pm": "payment_method", "cli": "api_client"}
+
+
+def resource_type_of(resource_id: str | None) -> str | None:
+    """What an id of ours names, by its prefix (`pay_`, `re_`, `wd_`, `pm_`, `cli_`)."""
+    return None if resource_id is None else _ID_TYPES.get(resource_id.partition("_")[0])
+
+
+def outcome_of(status: int) -> str:
+    if status < 400 or status == 402:  # 402: the payment was recorded, as FAILED
+        return SUCCEEDED
+    return REJECTED if status < 500 else FAILED
+
+
+def api_call(at: datetime, status: int, resource_id: str | None, detail: str = "",
+             ctx: AuditContext | None = None) -> AuditEvent | None:
+    """The row of the current request's API call, answered `status`; None outside a request."""
+    ctx = ctx or current()
+    if ctx.call is None:
+        return None
+    summary = f"{status} {ctx.call.method} {ctx.call.path}" + (f" {detail}" if detail else "")
+    return event(at, ctx.call.action, outcome_of(status), summary, resource_type=resource_type_of(resource_id),
+                 resource_id=resource_id, http_status=status, ctx=ctx)
 
 
 def state_change(kind: str, record_id: str, target: str, at: datetime, changes: Mapping[str, Any]) -> AuditEvent:
@@ -220,7 +262,6 @@ class VerifyReport:
     row_id: int | None = None
     seq: int | None = None
     unsealed: int = 0
-    notes: list[str] = field(default_factory=list)
 
 
 def verify_chain(key: bytes, head: ChainHead, rows: Iterable[AuditEvent]) -> VerifyReport:

@@ -283,3 +283,46 @@ def test_a_rotated_signing_secret_overlaps_the_old_one(url: str, make_client: An
                                                                      expire_old_in=0)
         session.commit()
     assert _problem(_signed_post(url, headers, old, _withdrawal_body())) == "signature_invalid"
+
+
+def test_every_other_mutating_endpoint_leaves_its_row(url: str, reader: dict[str, str], make_client: Any) -> None:
+    # Saving and deleting a card ("which user deleted a card"), and a refund by a service client.
+    user = user_headers("u_cards_audit")
+    saved = requests.post(f"{url}/payment-methods", json={"gateway": "stripe", "token": "pm_card_mastercard"},
+                          headers={**user, "Idempotency-Key": key()}, timeout=30)
+    assert saved.status_code == 201, saved.text
+    mid = saved.json()["id"]
+    assert requests.delete(f"{url}/payment-methods/{mid}", headers=user, timeout=30).status_code == 204
+    rows = {e["action"]: e for e in events(url, reader, resource_id=mid)}
+    assert rows["POST /payment-methods"]["actor"] == "user:u_cards_audit"
+    deleted = rows["DELETE /payment-methods/<method_id>"]
+    assert (deleted["actor"], deleted["http_status"], deleted["resource_type"]) == (
+        "user:u_cards_audit", 204, "payment_method")
+
+    body = {"amount": 3000, "currency": "INR", "gateway": "stripe", "token": "pm_card_visa"}
+    pid = requests.post(f"{url}/payments/topup", json=body, headers=user_headers("u_refund_audit", key()),
+                        timeout=30).json()["id"]
+    refunder, client_id, _ = make_client("payments:refund")
+    refund = requests.post(f"{url}/payments/{pid}/refunds", json={"amount": 1000},
+                           headers={**refunder, "Idempotency-Key": key()}, timeout=30)
+    assert refund.status_code == 201, refund.text
+    rid = refund.json()["id"]
+    (call,) = rows_for(url, reader, rid, "POST /payments/<payment_id>/refunds")
+    assert call["actor"] == f"client:{client_id}" and call["resource_type"] == "refund"
+    moved = wait_for(lambda: rows_for(url, reader, rid, "refund.succeeded"), what="the refund's status change")
+    assert moved[0]["actor"] in (f"client:{client_id}", "gateway:stripe")  # the answer or its webhook, first wins
+
+
+def test_a_replay_to_another_api_process_is_refused(
+    url: str, env: dict[str, str], logs: Path, make_client: Any
+) -> None:
+    headers, _, secret = make_client("withdrawals:write", signing=True)
+    assert secret is not None
+    other, other_url = start_api(env, logs, workers=1)
+    try:
+        body = _withdrawal_body("u_replay_elsewhere")
+        header = signature_header(secret, "POST", "/withdrawals", body, int(time.time()))
+        assert _signed_post(url, headers, None, body, signature=header).status_code == 202
+        assert _problem(_signed_post(other_url, headers, None, body, signature=header)) == "signature_replayed"
+    finally:
+        other.stop()

@@ -213,6 +213,9 @@ def test_cli_client_operations_are_audited_without_keys_or_secrets(
     (secret,) = _SECRET_RE.findall(created.output)
     rotated = runner.invoke(main, ["clients", "rotate-signing-secret", name, "--expire-old-in", "60"])
     (secret2,) = _SECRET_RE.findall(rotated.output)
+    listed = runner.invoke(main, ["clients", "list"]).output
+    assert secret[:12] in listed and secret2[:12] in listed and "(signing)" in listed and ",signs" in listed
+    assert secret not in listed and secret2 not in listed
     runner.invoke(main, ["clients", "rotate", name])
     runner.invoke(main, ["clients", "revoke", name, "--key-prefix", key[:12]])
     runner.invoke(main, ["clients", "require-signing", name, "--off"])

@@ -24,7 +24,7 @@ from payment_service.bootstrap import bootstrap
 from tests.support.openapi_responses import check_response
 from tests.unit.fakes import FakeMoneyOutGateway
 
-RESOURCES = ("/payments", "/payment-methods", "/withdrawals")
+RESOURCES = ("/payments", "/payment-methods", "/withdrawals", "/healthz", "/readyz")
 CHECKED: set[tuple[str, str, str]] = set()
 
 
@@ -151,6 +151,11 @@ def test_withdrawals(client: Any, spec: dict[str, Any], service_key: str, mode: 
     assert w["beneficiary"] == shown  # exactly the shape of CONTRACT.md: one of account_last4 or vpa
     assert (w["amount_display"], w["canonical_amount"], w["canonical_currency"]) == ("₹1,000.00", 1184, "USD")
     assert call(client, spec, "GET", f"/withdrawals/{w['id']}", 200, headers=service(service_key)) == w
+
+
+def test_health_and_readiness(client: Any, spec: dict[str, Any]) -> None:
+    assert call(client, spec, "GET", "/healthz", 200) == {"status": "ok"}
+    assert call(client, spec, "GET", "/readyz", 200) == {"status": "ready", "checks": {"database": "ok"}}
 
 
 def test_every_documented_json_response_of_these_resources_was_checked(spec: dict[str, Any]) -> None:
