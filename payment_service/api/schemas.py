@@ -7,7 +7,7 @@ import ipaddress
 from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, StrictInt, field_validator, model_validator
 
 from ..domain.money import MAX_AMOUNT, SUPPORTED_CURRENCIES
 
@@ -61,9 +61,22 @@ class Device(Strict):
         return v
 
 
+# What the validators below enforce, said in the document too: exactly one source of money, a token
+# with its gateway, a saved method without one being needed.
+_TOP_UP_SOURCES: list[JsonValue] = [
+    {"title": "a new card token", "required": ["token", "gateway"],
+     "properties": {"token": {"type": "string"}, "gateway": {"type": "string"}, "payment_method_id": {"type": "null"}}},
+    {"title": "a saved payment method", "required": ["payment_method_id"],
+     "properties": {"payment_method_id": {"type": "string"}, "token": {"type": "null"}}},
+]
+
+
 class TopUpRequest(Strict):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, json_schema_extra={"oneOf": _TOP_UP_SOURCES})
+
     amount: StrictInt = Field(gt=0, le=MAX_AMOUNT, description="minor units (paise, cents)")
-    currency: str = Field(description="ISO 4217, upper case", examples=["INR"])
+    currency: str = Field(description="ISO 4217, upper case", examples=["INR"],
+                          json_schema_extra={"enum": list[JsonValue](sorted(SUPPORTED_CURRENCIES))})
     gateway: Gateway | None = Field(default=None, description="required with `token`")
     token: str | None = Field(default=None, min_length=1, max_length=255, description="a gateway token")
     payment_method_id: str | None = Field(default=None, min_length=1, max_length=40, description="a saved method")
@@ -188,7 +201,8 @@ class WithdrawalBeneficiary(Strict):
 
     The rules (patterns below, mode consistency) are checked with one message per field."""
 
-    name: str = Field(max_length=200, description="3 to 100 characters")
+    name: str = Field(max_length=200, description="3 to 100 characters",
+                      json_schema_extra={"minLength": 3, "maxLength": 100, "pattern": r"^\S(.*\S)?$"})
     # Only the last four digits are ever stored or shown; repr=False keeps it out of any repr().
     account_number: str | None = Field(
         default=None, max_length=64, repr=False, json_schema_extra={"pattern": r"^[0-9]{9,18}$"}
@@ -199,11 +213,35 @@ class WithdrawalBeneficiary(Strict):
     )
 
 
+def _payout_mode(mode: str, max_amount: int, needs: list[str], refuses: list[str]) -> JsonValue:
+    return {
+        "title": mode,
+        "properties": {
+            "mode": {"const": mode},
+            "amount": {"maximum": max_amount},
+            "beneficiary": {"required": ["name", *needs],
+                            "properties": {**{f: {"type": "string"} for f in needs},
+                                           **{f: {"type": "null"} for f in refuses}}},
+        },
+    }
+
+
+# The rules of domain/withdrawals.withdrawal_errors, per mode, so the document says what is refused.
+_PAYOUT_MODES: list[JsonValue] = [
+    _payout_mode("UPI", 10_000_000, ["vpa"], ["account_number", "ifsc"]),
+    _payout_mode("IMPS", 50_000_000, ["account_number", "ifsc"], ["vpa"]),
+    _payout_mode("NEFT", MAX_AMOUNT, ["account_number", "ifsc"], ["vpa"]),
+]
+
+
 class WithdrawalRequest(Strict):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, json_schema_extra={"oneOf": _PAYOUT_MODES})
+
     user_id: str = Field(min_length=1, max_length=64)
     amount: StrictInt = Field(
         gt=0, le=MAX_AMOUNT,
         description="paise; at least 100; UPI at most 10000000 (Rs 1 lakh), IMPS at most 50000000 (Rs 5 lakh)",
+        json_schema_extra={"minimum": 100},
     )
     currency: Literal["INR"]
     mode: Literal["NEFT", "IMPS", "UPI"]

@@ -24,7 +24,7 @@ from .conftest import REPO, start_api, user_token
 
 pytestmark = pytest.mark.e2e
 
-FUZZ_SECONDS = int(os.environ.get("FUZZ_SECONDS", "150"))
+FUZZ_SECONDS = int(os.environ.get("FUZZ_SECONDS", "120"))
 SCOPES = ["payments:read", "payments:refund", "withdrawals:write", "withdrawals:read", "audit:read"]
 
 CONFIG = """
@@ -35,10 +35,10 @@ bearer = "${FUZZ_USER_TOKEN}"
 api_key = "${FUZZ_API_KEY}"
 
 # Lists: a cursor is opaque (the next_cursor of the page before); the fuzzer cannot make one that
-# decodes, and a made-up one is refused (422, field cursor), as documented. (Before the block
-# below: where both match, the later block's statuses apply.)
+# decodes, and a made-up one is refused (422, field cursor), as documented. (The other lists, of
+# refunds and withdrawals, share their path with a money-moving POST: the block below covers them.)
 [[operations]]
-include-path-regex = "^/(payments|audit-events|withdrawals|payments/[{]payment_id[}]/refunds)$"
+include-path-regex = "^/(payments|audit-events)$"
 checks.positive_data_acceptance.expected-statuses = ["2xx", 401, 403, 404, 422, 429]
 
 # Money-moving requests: a decline (402) and refusals no schema can express (a token the gateway
