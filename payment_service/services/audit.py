@@ -74,7 +74,7 @@ class AuditStore(abc.ABC):
         """Newest first (by id), at most `limit`, ids below `before_id` when given."""
 
 
-def seal_pending(store: AuditStore, key: bytes, batch: int = 1000) -> int:
+def seal_pending(store: AuditStore, key: bytes, batch: int = 200) -> int:
     """Seal every row waiting; returns how many."""
     total = 0
     while True:

@@ -182,8 +182,9 @@ def test_job_state_changes_name_the_job(url: str, reader: dict[str, str], engine
         with engine.connect() as conn:
             return str(conn.execute(select(PaymentRow.status).where(PaymentRow.id == pid)).scalar_one())
 
-    wait_for(lambda: status() == "EXPIRED", timeout=30, what="the expiry job")
-    (row,) = wait_for(lambda: rows_for(url, reader, pid, "payment.expired"), what="the expiry's audit row")
+    wait_for(lambda: status() == "EXPIRED", timeout=60, what="the expiry job")
+    (row,) = wait_for(lambda: rows_for(url, reader, pid, "payment.expired"), timeout=60,
+                      what="the expiry's audit row")
     assert row["actor"] == "job:expire_pending_3ds" and row["request_id"] is None
 
 
