@@ -27,7 +27,7 @@ from ..services.audit import AuditFilter, AuditStore
 from . import openapi
 from .auth import is_exempt_path, require_scope
 from .context import container
-from .schemas import AuditEventList
+from .schemas import AuditEventList, body
 
 logger = logging.getLogger(__name__)
 
@@ -177,11 +177,11 @@ def list_audit_events() -> Response:
     rows = store().page(flt, limit + 1, before_id)
     more = len(rows) > limit
     rows = rows[:limit]
-    return jsonify({
+    return jsonify(body(AuditEventList, {
         "data": [event_json(e) for e in rows],
         "has_more": more,
         "next_cursor": _encode_cursor(rows[-1].id) if more and rows[-1].id is not None else None,
-    })
+    }))
 
 
 openapi.document("/audit-events", "get", {

@@ -301,9 +301,9 @@ class WebhookReceived(Out):
 # --- audit trail (issue 12) ---
 
 
-class AuditEventOut(BaseModel):
+class AuditEventOut(Out):
     id: str = Field(description="aud_<number>: the row's place in insertion order")
-    time: str = Field(description="RFC 3339 UTC")
+    time: Timestamp
     actor: str = Field(description="user:<id>, client:<id>, gateway:<name>, job:<name>, cli:<operator>, "
                        "anonymous:- or system:service")
     actor_key_prefix: str | None = Field(description="a service client's API key display prefix")
@@ -319,7 +319,7 @@ class AuditEventOut(BaseModel):
     hash: str | None = Field(description="the row's chain hash (hex HMAC-SHA256)")
 
 
-class AuditEventList(BaseModel):
+class AuditEventList(Out):
     data: list[AuditEventOut]
     has_more: bool
     next_cursor: str | None
