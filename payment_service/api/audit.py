@@ -27,6 +27,7 @@ from ..services.audit import AuditFilter, AuditStore
 from . import openapi
 from .auth import is_exempt_path, require_scope
 from .context import container
+from .parsing import page_query
 from .schemas import AuditEventList, body
 
 logger = logging.getLogger(__name__)
@@ -157,19 +158,7 @@ def list_audit_events() -> Response:
     args = request.args
     errors: list[dict[str, str]] = []
     since, until = _time("since", errors), _time("until", errors)
-    try:
-        limit = int(args.get("limit", "50"))
-        if not 1 <= limit <= 100:
-            raise ValueError
-    except ValueError:
-        errors.append({"field": "limit", "message": "must be an integer from 1 to 100"})
-        limit = 50
-    before_id = None
-    if args.get("cursor"):
-        try:
-            before_id = _cursor(args["cursor"])
-        except (ValueError, UnicodeDecodeError):
-            errors.append({"field": "cursor", "message": "not a cursor this API returned"})
+    limit, before_id = page_query(errors, _cursor, default_limit=50)
     if errors:
         raise ValidationFailed("invalid query parameters", errors=errors)
     flt = AuditFilter(resource_id=args.get("resource_id") or None, actor=args.get("actor") or None,

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from flask import Response, g, request
 from pydantic import BaseModel, ValidationError
@@ -73,3 +74,27 @@ def validated(model: type[BaseModel]) -> Any:
             for err in exc.errors(include_input=False, include_url=False)
         ]
         raise ValidationFailed("the request body is invalid", errors=errors) from None
+
+
+C = TypeVar("C")
+
+
+def page_query(errors: list[dict[str, str]], decode: Callable[[str], C], *, default_limit: int
+               ) -> tuple[int, C | None]:
+    """A list's `limit` (1 to 100) and `cursor` (decoded by `decode`; empty: the first page) from the query
+    string; each bad one adds its entry to `errors`."""
+    args = request.args
+    try:
+        limit = int(args.get("limit", str(default_limit)))
+        if not 1 <= limit <= 100:
+            raise ValueError
+    except ValueError:
+        errors.append({"field": "limit", "message": "must be an integer from 1 to 100"})
+        limit = default_limit
+    cursor = None
+    if args.get("cursor"):
+        try:
+            cursor = decode(args["cursor"])
+        except (ValueError, UnicodeDecodeError):
+            errors.append({"field": "cursor", "message": "not a cursor this API returned"})
+    return limit, cursor

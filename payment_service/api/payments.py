@@ -110,19 +110,7 @@ def list_payments() -> Response:
     status = args.get("status")
     if status is not None and status not in {s.value for s in PaymentStatus}:
         errors.append({"field": "status", "message": f"must be one of {', '.join(s.value for s in PaymentStatus)}"})
-    try:
-        limit = int(args.get("limit", "20"))
-        if not 1 <= limit <= 100:
-            raise ValueError
-    except ValueError:
-        errors.append({"field": "limit", "message": "must be an integer from 1 to 100"})
-        limit = 20
-    cursor = None
-    if args.get("cursor"):
-        try:
-            cursor = decode_cursor(args["cursor"])
-        except ValueError:
-            errors.append({"field": "cursor", "message": "not a cursor this API returned"})
+    limit, cursor = parsing.page_query(errors, decode_cursor, default_limit=20)
     requested = args.get("user_id") or None  # an empty filter is no filter
     if principal.is_user and requested not in (None, principal.id):
         raise Forbidden("users can list only their own payments", field="user_id")
