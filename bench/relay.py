@@ -51,6 +51,7 @@ from payment_service.adapters.outbox import serialize_event  # noqa: E402
 from payment_service.adapters.repository import SqlOutboxRepository  # noqa: E402
 from payment_service.bootstrap import build_relay, make_engine  # noqa: E402
 from payment_service.domain.events import Event, EventType  # noqa: E402
+from payment_service.worker.relay import tune_process  # noqa: E402
 
 SIGNING_KEY = "bench-signing-key"
 
@@ -314,6 +315,9 @@ def latency(args: argparse.Namespace, engine: Engine, db_url: str, bootstrap: st
     thread.start()
     while not relay.is_leader or not relay.waker.announced:  # the previous relay released the lease
         time.sleep(0.01)
+    # As `payment-service relay` does once started: the relay's GIL switch interval, and this
+    # process's heap (the throughput phase's leftovers included) out of the collector's full scans.
+    tune_process()
     mode = relay.wake_mode
     results: Any = ctx.Queue()
     received_q: Any = ctx.Queue()

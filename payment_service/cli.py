@@ -128,6 +128,7 @@ def worker(once: bool) -> None:
     if once:
         click.echo(run_all_once(container))
         return
+    _freeze_startup_heap()
     run_worker(container)
 
 
@@ -360,11 +361,13 @@ def relay() -> None:
     from .adapters.outbox_metrics import install_outbox_collector
     from .bootstrap import build_relay
     from .observability import configure_logging
+    from .worker.relay import tune_process
 
     settings = load_settings()
     configure_logging(settings.LOG_LEVEL, settings.LOG_FORMAT)
     outbox_relay = build_relay(settings)
     engine = outbox_relay.store.engine
+    tune_process()
 
     def _stop(*_a: Any) -> None:
         outbox_relay.stop()
@@ -384,6 +387,17 @@ def relay() -> None:
 
 
 # --- end relay -----------------------------------------------------------------------------
+
+
+def _freeze_startup_heap() -> None:
+    """Move what start-up built (modules, the SDKs, SQLAlchemy's metadata) out of the garbage
+    collector's sight: a full collection then scans only what the loop makes. Measured on the relay
+    (bench/relay.py): a full collection of the start-up heap held the GIL ~90 ms, the one stall in the
+    commit -> broker ack tail."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
 
 
 def _add_plugin_commands() -> None:
