@@ -120,6 +120,7 @@ def worker(once: bool) -> None:
     """Apply stored webhooks; expire PENDING_3DS payments; reconcile stuck PENDING ones; purge old rows."""
     from .bootstrap import bootstrap
     from .observability import configure_logging
+    from .worker import freeze_startup_heap
     from .worker.jobs import run_all_once, run_worker
 
     settings = load_settings()
@@ -128,7 +129,7 @@ def worker(once: bool) -> None:
     if once:
         click.echo(run_all_once(container))
         return
-    _freeze_startup_heap()
+    freeze_startup_heap()
     run_worker(container)
 
 
@@ -387,17 +388,6 @@ def relay() -> None:
 
 
 # --- end relay -----------------------------------------------------------------------------
-
-
-def _freeze_startup_heap() -> None:
-    """Move what start-up built (modules, the SDKs, SQLAlchemy's metadata) out of the garbage
-    collector's sight: a full collection then scans only what the loop makes. Measured on the relay
-    (bench/relay.py): a full collection of the start-up heap held the GIL ~90 ms, the one stall in the
-    commit -> broker ack tail."""
-    import gc
-
-    gc.collect()
-    gc.freeze()
 
 
 def _add_plugin_commands() -> None:

@@ -11,7 +11,6 @@ next leader sends again, with the same event id. See docs/events.md.
 
 from __future__ import annotations
 
-import gc
 import logging
 import os
 import socket
@@ -28,6 +27,7 @@ from ..adapters.kafka_publisher import PENDING, Delivered, KafkaPublisher, Sent,
 from ..adapters.outbox import unpublishable_reason
 from ..adapters.outbox_metrics import relay_metrics
 from ..adapters.outbox_store import BackgroundMarker, LeaderLease, OutboxMessage, SqlOutboxStore
+from . import freeze_startup_heap
 
 logger = logging.getLogger(__name__)
 
@@ -39,11 +39,9 @@ GIL_SWITCH_INTERVAL = 0.0005
 
 def tune_process() -> None:
     """For a process whose work is the relay (`payment-service relay`, bench/relay.py), once started:
-    the GIL switch interval above, and start-up's heap out of the garbage collector's full scans (a
-    full collection of it held the GIL ~90 ms, the one stall in the commit -> ack tail)."""
+    the GIL switch interval above, and start-up's heap out of the garbage collector's full scans."""
     sys.setswitchinterval(GIL_SWITCH_INTERVAL)
-    gc.collect()
-    gc.freeze()
+    freeze_startup_heap()
 
 
 class OutboxRelay:

@@ -7,15 +7,7 @@ Moved out of tests/unit/test_app.py: these open the database, which the unit lan
 import pytest
 
 from payment_service.api import create_app
-
-
-def assert_problem(resp, status: int, code: str) -> dict:
-    assert resp.status_code == status
-    assert resp.content_type == "application/problem+json"
-    body = resp.get_json(force=True)
-    assert body["status"] == status and body["code"] == code
-    assert set(body) >= {"type", "title", "status", "detail", "code", "errors"}
-    return body
+from tests.support.problems import assert_problem
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ import pytest
 from payment_service.api import create_app
 from payment_service.api.openapi import spec
 from payment_service.observability import configure_logging
+from tests.support.problems import assert_problem
 
 
 @pytest.fixture
@@ -38,15 +39,6 @@ def app(tmp_path):
 @pytest.fixture
 def client(app):
     return app.test_client()
-
-
-def assert_problem(resp, status: int, code: str) -> dict:
-    assert resp.status_code == status
-    assert resp.content_type == "application/problem+json"
-    body = resp.get_json(force=True)
-    assert body["status"] == status and body["code"] == code
-    assert set(body) >= {"type", "title", "status", "detail", "code", "errors"}
-    return body
 
 
 def test_unknown_route_is_problem(client) -> None:
