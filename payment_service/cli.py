@@ -362,7 +362,7 @@ def relay() -> None:
     from .adapters.outbox_metrics import install_outbox_collector
     from .bootstrap import build_relay
     from .observability import configure_logging
-    from .worker.relay import tune_process
+    from .worker import tune_process
 
     settings = load_settings()
     configure_logging(settings.LOG_LEVEL, settings.LOG_FORMAT)

@@ -52,6 +52,10 @@ class Wakeup:
     def wait(self, timeout: float) -> bool:
         return self._event.wait(timeout)
 
+    def is_set(self) -> bool:
+        """Whether it is raised, leaving it so."""
+        return self._event.is_set()
+
 
 class BinlogUnavailable(RuntimeError):
     """The database cannot stream its binary log to us; the message says why."""

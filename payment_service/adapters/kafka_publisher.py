@@ -257,21 +257,25 @@ class KafkaPublisher:
             self._producer.poll(0)
         return not sent.pending()
 
-    def wait(self, sent: Sent, *, more_queued: bool, tick: Callable[[], bool]) -> None:
+    def wait(self, sent: Sent, *, more_queued: bool, tick: Callable[[], bool],
+             interrupt: Callable[[], bool] | None = None) -> None:
         """Wait for the batch's delivery reports, at most `delivery_timeout`; `tick()` runs about every
-        0.1 s (the relay renews its lease there) and stops the wait when it returns False."""
+        0.1 s (the relay renews its lease there) and stops the wait when it returns False. With
+        `interrupt`, the wait looks every 2 ms and ends when it returns True (the relay was woken: rows
+        to produce behind these)."""
         producer = self._producer
         deadline = time.monotonic() + self.delivery_timeout
+        step = 0.1 if interrupt is None else 0.002
         while producer is not None and sent.pending():
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return
             if more_queued:
-                producer.poll(min(0.1, remaining))  # the next batch is queued too: let it fill requests
+                producer.poll(min(step, remaining))  # the next batch is queued too: let it fill requests
             else:
                 # Nothing else queued: flush, which also sends at once what linger.ms would hold back.
-                producer.flush(min(0.1, remaining))
-            if sent.pending() and not tick():
+                producer.flush(min(step, remaining))
+            if sent.pending() and (not tick() or (interrupt is not None and interrupt())):
                 return
 
     # -- the topic ------------------------------------------------------------------------------------

@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import sys
 import threading
 import time
 import uuid
@@ -27,22 +26,8 @@ from ..adapters.kafka_publisher import PENDING, Delivered, KafkaPublisher, Sent,
 from ..adapters.outbox import unpublishable_reason
 from ..adapters.outbox_metrics import relay_metrics
 from ..adapters.outbox_store import BackgroundMarker, LeaderLease, OutboxMessage, SqlOutboxStore
-from . import freeze_startup_heap
 
 logger = logging.getLogger(__name__)
-
-# The relay's process hands the GIL between its threads (the loop, the binlog watcher, the marker)
-# every 0.5 ms instead of Python's 5 ms: a wake-up from the watcher reaches the loop sooner. Measured
-# (bench/relay.py, 1,000 events/s): binlog commit -> ack p50 3.8 ms against 6.3 to 7.1 ms.
-GIL_SWITCH_INTERVAL = 0.0005
-
-
-def tune_process() -> None:
-    """For a process whose work is the relay (`payment-service relay`, bench/relay.py), once started:
-    the GIL switch interval above, and start-up's heap out of the garbage collector's full scans."""
-    sys.setswitchinterval(GIL_SWITCH_INTERVAL)
-    freeze_startup_heap()
-
 
 class OutboxRelay:
     """Publishes the outbox while it holds the lease. `run()` until `stop()` (or a signal handler calling it).
@@ -146,13 +131,10 @@ class OutboxRelay:
         # settle it only after they are produced. Not for more than a second in a row: a row that
         # committed late with a lower id is only seen by a claim from the lowest unpublished id.
         if sent.complete and len(batch) == self.batch_size and time.monotonic() - self._claimed_at < 1.0:
-            try:
-                self._prefetched = self.store.claim(self.batch_size, after=batch[-1].id) or None
-            except Exception as exc:  # noqa: BLE001 - read them next round instead
-                logger.debug("prefetch failed", extra={"error": type(exc).__name__})
-        if previous is not None and not self._settle(previous, more_queued=True):
+            self._prefetch(batch[-1].id)
+        if previous is not None and not self._settle(previous, more_queued=len(batch) == self.batch_size):
             return self._failed()  # the batch just produced follows it in id order: none of it is marked
-        if self._prefetched is not None:
+        if self._prefetched is not None or self._woken_while_sending(sent, batch[-1].id):
             self._in_flight = sent
             return 0.0
         if not self._settle(sent):
@@ -198,6 +180,23 @@ class OutboxRelay:
         if aside or sent.set_aside:
             self._quarantine(aside + sent.set_aside)
         return sent
+
+    def _woken_while_sending(self, sent: Sent, last_id: int) -> bool:
+        """Wait for the broker's answer for `sent` or a binlog wake-up. Woken (rows committed since the
+        claim), read the rows after `sent`: produced before `sent` is settled, as full batches are."""
+        if not sent.complete or self.waker.mode != "binlog" or time.monotonic() - self._claimed_at >= 1.0:
+            return False
+        self.publisher.wait(sent, more_queued=False, tick=self._tick, interrupt=self.waker.flag.is_set)
+        if not sent.pending() or not self.waker.take() or self._stop.is_set():
+            return False
+        self._prefetch(last_id)
+        return self._prefetched is not None
+
+    def _prefetch(self, last_id: int) -> None:
+        try:
+            self._prefetched = self.store.claim(self.batch_size, after=last_id) or None
+        except Exception as exc:  # noqa: BLE001 - read them next round instead
+            logger.debug("prefetch failed", extra={"error": type(exc).__name__})
 
     def _settle(self, sent: Sent, *, more_queued: bool = False) -> bool:
         """Wait for the batch's delivery reports, mark the confirmed run; True if every row was confirmed."""

@@ -4,6 +4,7 @@ database's clock, purge, stats, and a connection that died being replaced."""
 from __future__ import annotations
 
 import json
+import threading
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -91,6 +92,40 @@ def test_the_background_marker_marks_what_it_is_given(engine: Engine, store: Sql
     assert published_ids(engine) == set(ids)
 
 
+def test_the_marker_marks_what_came_during_a_mark_in_one_statement_and_holds_back_only_past_its_limit(
+        engine: Engine, store: SqlOutboxStore) -> None:
+    ids = write_events(engine, 7)
+    calls: list[list[int]] = []
+    first_running, release = threading.Event(), threading.Event()
+    real_mark = store.mark_published
+
+    def slow_first_mark(batch: list[int]) -> int:
+        calls.append(list(batch))
+        if len(calls) == 1:
+            first_running.set()
+            release.wait(10)
+        return real_mark(batch)
+
+    store.mark_published = slow_first_mark  # type: ignore[method-assign]
+    marked: list[int] = []
+    marker = BackgroundMarker(store, marked.append, max_pending_rows=5)
+    marker.submit(ids[:1])
+    assert first_running.wait(10)
+    for part in (ids[1:3], ids[3:5]):  # while the first mark runs: the relay is not held up
+        marker.submit(part)
+    assert marker.pending_ids() == ids[:5]
+    blocked = threading.Thread(target=marker.submit, args=(ids[5:7],))  # 5 rows wait: the limit
+    blocked.start()
+    blocked.join(0.3)
+    assert blocked.is_alive()
+    release.set()
+    blocked.join(10)
+    marker.close()
+    assert calls[0] == ids[:1] and calls[1] == ids[1:5]  # the two batches that came meanwhile: one UPDATE
+    assert sorted(i for c in calls for i in c) == ids and len(calls) <= 3
+    assert sum(marked) == 7 and published_ids(engine) == set(ids)
+
+
 def test_one_lease_holder_at_a_time_and_fencing_counts_the_changes(engine: Engine, store: SqlOutboxStore) -> None:
     first, second = LeaderLease(store, "relay-1", ttl=30.0), LeaderLease(store, "relay-2", ttl=30.0)
     assert first.renew() and first.fencing == 1
@@ -162,3 +197,38 @@ def test_stats_count_the_waiting_rows_and_age_the_oldest(engine: Engine, store: 
     store.mark_published(ids)
     backlog, age = outbox_stats(engine)
     assert backlog == 3 and 89 <= age < 600
+
+
+def test_marking_the_newest_rows_does_not_hold_up_a_transaction_writing_an_event(
+        engine: Engine, store: SqlOutboxStore) -> None:
+    """Every API and worker transaction that changes money inserts an outbox row. The relay's mark is an
+    UPDATE over a run of ids up to the newest; at REPEATABLE READ it would lock the gap after that id, and
+    every such INSERT would wait for it. The store's connections, AUTOCOMMIT, keep the engine's READ
+    COMMITTED, which locks only the rows marked."""
+    ids = write_events(engine, 4)
+    # The store's own connection for this thread, its statements held open in a transaction so that its
+    # locks stay held while another connection writes an event.
+    with store._connection() as conn:
+        conn.exec_driver_sql("BEGIN")
+        try:
+            assert store.mark_published(ids) == 4
+            outcome: list[str] = []
+
+            def write_one() -> None:
+                with engine.connect() as other:
+                    other.exec_driver_sql("SET SESSION innodb_lock_wait_timeout = 2")
+                    try:
+                        other.execute(insert(OutboxEventRow), {
+                            "event_id": f"evt_{uuid.uuid4().hex}", "event_type": "PAYMENT_CAPTURED",
+                            "subject": "pay_2", "user_id": "u_2", "payload": "{}", "created_at": datetime.now(UTC)})
+                        other.commit()
+                        outcome.append("written")
+                    except Exception as exc:  # noqa: BLE001 - the lock wait timeout is the failure shown
+                        outcome.append(f"{type(exc).__name__}: {exc}")
+
+            writer = threading.Thread(target=write_one)
+            writer.start()
+            writer.join(10)
+            assert outcome == ["written"]
+        finally:
+            conn.exec_driver_sql("ROLLBACK")
