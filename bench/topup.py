@@ -300,6 +300,14 @@ def main() -> None:
     ap.add_argument("--paced-load", type=float, default=0.8,
                     help="with --gateway-latency-ms: an open-loop run at this fraction of the zero-latency peak "
                          "(0: none)")
+    ap.add_argument("--paced-rate", type=float, default=0.0,
+                    help="with --gateway-latency-ms: the open-loop run at this many top-ups/s instead")
+    ap.add_argument("--db-in-memory", action="store_true",
+                    help="MariaDB (durable settings) with its data dir in /dev/shm: the figures then carry no "
+                         "stall of this VM's disk")
+    ap.add_argument("--db-socket", action="store_true",
+                    help="the API reaches MariaDB by its Unix socket, as a database on the same host is reached, "
+                         "instead of loopback TCP")
     ap.add_argument("--raw-max-clients", type=int, default=64,
                     help="run the raw-SQL lines only at levels up to this (each raw client holds a connection)")
     ap.add_argument("--no-raw", action="store_true", help="no raw-SQL lines")
@@ -311,8 +319,11 @@ def main() -> None:
     server = None
     url = os.environ.get("TEST_DATABASE_URL")
     if not url:
-        server = MariaDBServer(durable=True).start()
+        server = MariaDBServer(durable=True, in_memory=args.db_in_memory).start()
         url = server.url
+    api_db_url = url
+    if server is not None and args.db_socket:
+        api_db_url = url.replace(f"@127.0.0.1:{server.port}/", "@localhost/") + f"&unix_socket={server.socket_path}"
     tmp = Path(tempfile.mkdtemp(prefix="bench-topup-"))
     migrate.upgrade(url)
     parts = urlsplit(url.replace("mysql+pymysql", "mysql"))
@@ -330,7 +341,7 @@ def main() -> None:
             sandbox = ServiceProcess([str(VENV_BIN / "payment-service"), "sandbox", "--port", str(sb_port)], {},
                                      REPO, tmp / "sandbox.log")
             env = {
-                "DATABASE_URL": url, "STRIPE_API_BASE": f"http://127.0.0.1:{sb_port}/stripe",
+                "DATABASE_URL": api_db_url, "STRIPE_API_BASE": f"http://127.0.0.1:{sb_port}/stripe",
                 "RAZORPAY_API_BASE": f"http://127.0.0.1:{sb_port}/razorpay",
                 "RATE_LIMIT_USER": "1000000/minute", "RISK_VELOCITY_MAX_ATTEMPTS": "100000000",
                 "RISK_VELOCITY_MAX_AMOUNT": "100000000000000", "LOG_LEVEL": "WARNING",
@@ -374,9 +385,10 @@ def main() -> None:
                     print(f"{'':{NAME_W}s} c={c:4d}  service share: {share(s, rows[lat][RAW_4TX][-1]['per_s'])} "
                           f"of 4 tx, {share(s, rows[lat][RAW_2TX][-1]['per_s'])} of 2 tx", flush=True)
             print(flush=True)
-        if api is not None and len(latencies) > 1 and args.paced_load > 0:
-            rate = args.paced_load * peak(rows[0][SERVICE])["per_s"]
-            print(f"--- paced: {rate:.1f} top-ups/s arriving (open loop, {args.paced_load:g} x the 0 ms peak), "
+        if api is not None and len(latencies) > 1 and (args.paced_load > 0 or args.paced_rate > 0):
+            rate = args.paced_rate or args.paced_load * peak(rows[0][SERVICE])["per_s"]
+            how = "as asked" if args.paced_rate else f"{args.paced_load:g} x the 0 ms peak"
+            print(f"--- paced: {rate:.1f} top-ups/s arriving (open loop, {how}), "
                   f"gateway latency {latencies[-1]} ms ---", flush=True)
             window = asyncio.run(_paced(api_url, rate, args.warmup, args.seconds))
             paced = summarize("paced", int(rate), window.ok, window.latencies, sum(window.errors.values()),
@@ -421,7 +433,8 @@ def main() -> None:
         print(f"at c={top['concurrency']} and {latencies[-1]} ms: {top['per_s']:.1f}/s, errors {top['errors']}, "
               f"p99 {top['p99_ms']:.0f} ms, at most {top['db_conns_max']} database connections checked out")
         if paced is not None:
-            print(f"paced at {paced['offered_per_s']:.1f}/s offered ({args.paced_load:g} x the 0 ms peak): "
+            how = "as asked" if args.paced_rate else f"{args.paced_load:g} x the 0 ms peak"
+            print(f"paced at {paced['offered_per_s']:.1f}/s offered ({how}): "
                   f"{paced['per_s']:.1f}/s answered 201, p50 {paced['p50_ms']:.0f} ms, p99 {paced['p99_ms']:.0f} ms "
                   f"(target < 600 ms), errors {paced['errors']}")
     print(json.dumps({"gateway_latency_ms": latencies, "load_average": [load_before, load_after],
