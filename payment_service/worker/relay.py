@@ -120,7 +120,7 @@ class OutboxRelay:
         if not batch:
             self._wakeable = True
             return self.waker.idle_delay()
-        self.waker.found_rows()
+        self.waker.found_rows(len(batch))
         sent = self._send(batch)
         previous, self._in_flight = self._in_flight, None
         if previous is not None and self.publisher.answered(previous):  # mark it now: the marker starts sooner
@@ -184,7 +184,7 @@ class OutboxRelay:
     def _woken_while_sending(self, sent: Sent, last_id: int) -> bool:
         """Wait for the broker's answer for `sent` or a binlog wake-up. Woken (rows committed since the
         claim), read the rows after `sent`: produced before `sent` is settled, as full batches are."""
-        if not sent.complete or self.waker.mode != "binlog" or time.monotonic() - self._claimed_at >= 1.0:
+        if not sent.complete or not self.waker.listening or time.monotonic() - self._claimed_at >= 1.0:
             return False
         self.publisher.wait(sent, more_queued=False, tick=self._tick, interrupt=self.waker.flag.is_set)
         if not sent.pending() or not self.waker.take() or self._stop.is_set():

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import secrets
 import signal
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -273,3 +274,60 @@ def test_a_relay_that_loses_its_lease_mid_batch_marks_nothing_twice(
     assert second.fencing == fencing == 2
     print(f"duplicates on the topic: {len(records) - len(rows)}")
 
+
+
+def binlog_dump_connections(engine: Engine) -> int:
+    """This user's replication streams (the watcher's) open on the server."""
+    with engine.connect() as conn:
+        return int(conn.execute(text(
+            "SELECT COUNT(*) FROM information_schema.processlist WHERE command LIKE 'Binlog Dump%'"
+            " AND user = SUBSTRING_INDEX(CURRENT_USER(), '@', 1)")).scalar_one())
+
+
+def test_a_busy_relay_stops_reading_the_binlog_and_follows_it_again_when_idle(
+    engine: Engine, kafka_bootstrap: str
+) -> None:
+    """While rows keep coming the relay needs no wake-up: it drops the binlog stream (parsing every
+    commit's events would only compete with it for the process) and polls. Once idle it follows the
+    log again, so a lone commit later is published at once, with no poll to explain it."""
+    settings = relay_settings(engine, kafka_bootstrap)
+    relay = make_relay(engine, settings, idle_poll=5.0, binlog_safety_poll=60.0)
+    relay.waker.busy_rate = 50.0  # what one writing thread here sustains (the default: 500 rows/s)
+    stop_writing = threading.Event()
+    written: list[int] = []
+
+    def keep_writing() -> None:
+        while not stop_writing.is_set():
+            write(engine, captured(f"u_busy_{len(written) % 7}"))
+            written.append(1)
+            time.sleep(0.002)
+
+    with running(relay):
+        wait_until(lambda: relay.waker.announced, 15, "the relay to choose its wake-up mode")
+        assert relay.waker.listening and binlog_dump_connections(engine) == 1
+        writer = threading.Thread(target=keep_writing)
+        writer.start()
+        try:
+            wait_until(lambda: relay.waker.pauses >= 1, 15, "the busy relay to pause the binlog watcher")
+            wait_until(lambda: binlog_dump_connections(engine) == 0, 5, "the binlog stream to be dropped")
+            assert relay.wake_mode == "binlog"  # still the mode: the log is there, only not read while busy
+            time.sleep(0.5)
+        finally:
+            stop_writing.set()
+            writer.join(10)
+        wait_until(lambda: unpublished(engine) == 0, 30, "every row of the busy spell published")
+        wait_until(lambda: relay.waker.listening and binlog_dump_connections(engine) == 1, 10,
+                   "the idle relay to follow the binlog again")
+        time.sleep(0.5)
+        started = time.monotonic()
+        write(engine, captured("u_busy_after"))
+        wait_until(lambda: unpublished(engine) == 0, 5, "the lone row published")
+        took = time.monotonic() - started
+    assert took < 3.0, f"published {took:.2f} s after the commit: not woken by the binlog"
+    rows = outbox_rows(engine)
+    assert relay.published_count == len(rows) == len(written) + 1
+    with TopicReader(kafka_bootstrap, settings.EVENTS_TOPIC) as reader:
+        reader.wait_for(count=len(rows), timeout=30)
+        records = reader.drain(quiet=1.5)
+    assert {(r.header("event_id") or b"").decode() for r in records} >= {row.event_id for row in rows}
+    assert_in_id_order(records, rows)
