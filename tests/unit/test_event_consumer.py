@@ -1,7 +1,7 @@
 """The consumer helper (payment_service/events/consumer.py) on messages signed as the relay signs them.
 
 The same cases run against real messages from the relay through the broker in
-tests/integration/test_events_contract.py.
+tests/integration/relay/test_events_contract.py.
 """
 
 from __future__ import annotations

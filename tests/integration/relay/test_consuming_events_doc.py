@@ -21,20 +21,18 @@ from sqlalchemy import Engine, update
 
 from localparts.topic_reader import TopicReader
 from payment_service.adapters.orm import OutboxEventRow
-from tests.integration.test_events_contract import (  # noqa: F401 - the module's engine fixture
+from tests.integration.relay.support import (
     NEW,
-    empty_outbox,
-    engine,
     fresh,
+    not_published,
     relay_running,
     settings_for,
-    unpublished,
     write,
 )
 from tests.support.event_contract import domain_events
 from tests.support.waiting import wait_for as wait_until
 
-DOC = Path(__file__).resolve().parents[2] / "docs" / "consuming-events.md"
+DOC = Path(__file__).resolve().parents[3] / "docs" / "consuming-events.md"
 
 
 def doc_consumer() -> dict[str, Any]:
@@ -46,18 +44,18 @@ def doc_consumer() -> dict[str, Any]:
     return namespace
 
 
-def test_the_documented_consumer_works(engine: Engine, kafka_bootstrap: str, tmp_path: Path) -> None:  # noqa: F811
+def test_the_documented_consumer_works(engine: Engine, kafka_bootstrap: str, tmp_path: Path) -> None:
     wallet = doc_consumer()
     topic = f"payment.events.wallet.{uuid.uuid4().hex[:8]}"
     dead_letter_topic = f"wallet.dead-letters.{uuid.uuid4().hex[:8]}"
     events = [fresh(e, "u_wallet_1") for e in domain_events()] + [fresh(e, "u_wallet_2") for e in domain_events()[:2]]
-    write(engine, events)
+    write(engine, *events)
     with relay_running(engine, settings_for(engine, kafka_bootstrap, topic, NEW)):
-        wait_until(lambda: unpublished(engine) == 0, 30, "the events published")
+        wait_until(lambda: not_published(engine) == 0, 30, "the events published")
         with engine.begin() as conn:  # a relay that died before marking this row sends it again
             conn.execute(update(OutboxEventRow).where(OutboxEventRow.event_id == events[0].id)
                          .values(published_at=None))
-        wait_until(lambda: unpublished(engine) == 0, 30, "the redelivery published")
+        wait_until(lambda: not_published(engine) == 0, 30, "the redelivery published")
     # A forged capture: someone else's key under our key id.
     forged = fresh(domain_events()[0], "u_wallet_2")
     from payment_service.adapters.outbox import serialize_event

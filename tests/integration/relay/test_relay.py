@@ -11,154 +11,33 @@ import json
 import logging
 import threading
 import time
-import uuid
-from collections import defaultdict
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import pytest
-from sqlalchemy import Engine, create_engine, delete, func, insert, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import Engine, insert, select, update
 
-from config import Settings, load_settings
 from localparts.broker import TansuBroker
-from localparts.topic_reader import Record, TopicReader
-from payment_service.adapters import migrate
+from localparts.topic_reader import TopicReader
 from payment_service.adapters.kafka_publisher import verify_signature
 from payment_service.adapters.orm import OutboxEventRow, RelayLeaseRow
 from payment_service.adapters.outbox_store import LEASE_NAME, outbox_stats, purge_published
-from payment_service.adapters.repository import SqlOutboxRepository
-from payment_service.bootstrap import build_relay
-from payment_service.domain.events import Event, EventType
 from payment_service.worker.relay import OutboxRelay
+from tests.integration.relay.support import (
+    assert_in_id_order,
+    captured,
+    make_relay,
+    outbox_rows,
+    relay_settings,
+    running,
+    topic_exists,
+    unpublished,
+    write,
+)
 from tests.support.waiting import wait_for as wait_until
 
 pytestmark = pytest.mark.integration
 
 VISA = "4242 4242 4242 4242"  # a test card number, only ever written to be refused
-_seq = itertools.count()
-
-
-# --- helpers --------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def engine(fresh_database_url: str) -> Iterator[Engine]:
-    migrate.upgrade(fresh_database_url)
-    eng = create_engine(fresh_database_url, isolation_level="READ COMMITTED", pool_size=10)
-    yield eng
-    eng.dispose()
-
-
-@pytest.fixture(autouse=True)
-def empty_outbox(engine: Engine) -> None:
-    with engine.begin() as conn:
-        conn.execute(delete(OutboxEventRow))
-        conn.execute(delete(RelayLeaseRow))
-
-
-def relay_settings(engine: Engine, bootstrap: str, **kw: Any) -> Settings:
-    return load_settings(
-        env={},
-        DATABASE_URL=engine.url.render_as_string(hide_password=False),
-        KAFKA_BOOTSTRAP_SERVERS=bootstrap,
-        EVENTS_TOPIC=f"payment.events.{uuid.uuid4().hex[:10]}",
-        EVENTS_TOPIC_PARTITIONS=3,
-        EVENT_SIGNING_KEY="test-signing-key",
-        EVENT_SIGNING_KEY_ID="test-1",
-        **kw,
-    )
-
-
-def captured(user: str, n: int | None = None) -> Event:
-    n = next(_seq) if n is None else n
-    pid = f"pay_{uuid.uuid4().hex[:20]}"
-    return Event(
-        EventType.PAYMENT_CAPTURED,
-        pid,
-        user,
-        {"payment_id": pid, "user_id": user, "amount": 1000 + n, "currency": "INR", "gateway": "stripe",
-         "gateway_payment_id": f"pi_{n}", "captured_at": "2026-11-21T10:00:00.000Z"},
-    )
-
-
-def write(engine: Engine, *events: Event) -> None:
-    """One transaction, as a service's unit of work commits it."""
-    with Session(engine) as session:
-        repo = SqlOutboxRepository(session)
-        for e in events:
-            repo.add(e)
-        session.commit()
-
-
-def outbox_rows(engine: Engine) -> list[Any]:
-    with engine.connect() as conn:
-        return list(conn.execute(select(OutboxEventRow.__table__).order_by(OutboxEventRow.id)))
-
-
-def unpublished(engine: Engine) -> int:
-    with engine.connect() as conn:
-        return int(
-            conn.execute(
-                select(func.count()).select_from(OutboxEventRow).where(
-                    OutboxEventRow.published_at.is_(None), OutboxEventRow.quarantined_at.is_(None)
-                )
-            ).scalar_one()
-        )
-
-
-
-def topic_exists(bootstrap: str, topic: str) -> bool:
-    # Listing all topics, never one by name: Tansu auto-creates a topic it is asked about.
-    from confluent_kafka.admin import AdminClient
-
-    try:
-        return topic in AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=2).topics
-    except Exception:  # noqa: BLE001 - broker not up yet
-        return False
-
-
-@contextmanager
-def running(relay: OutboxRelay) -> Iterator[threading.Thread]:
-    thread = threading.Thread(target=relay.run, name=f"relay-{relay.holder}", daemon=True)
-    thread.start()
-    try:
-        yield thread
-    finally:
-        relay.stop()
-        thread.join(30)
-        assert not thread.is_alive(), "relay did not stop"
-
-
-def make_relay(engine: Engine, settings: Settings, **kw: Any) -> OutboxRelay:
-    kw.setdefault("lease_ttl", 2.0)
-    kw.setdefault("delivery_timeout", 2.0)
-    kw.setdefault("max_backoff", 1.0)
-    return build_relay(settings, engine, **kw)
-
-
-def first_arrivals(records: list[Record]) -> dict[bytes, list[str]]:
-    """Per key, the event ids in order of first arrival (a key lives on one partition, so offset order)."""
-    out: dict[bytes, list[str]] = defaultdict(list)
-    seen: dict[str, bytes | None] = {}
-    for r in sorted(records, key=lambda r: (r.partition, r.offset)):
-        eid = (r.header("event_id") or b"").decode()
-        if eid in seen:
-            assert seen[eid] == r.value, f"duplicate of {eid} with another value"
-            continue
-        seen[eid] = r.value
-        assert r.key is not None
-        out[r.key].append(eid)
-    return out
-
-
-def assert_in_id_order(records: list[Record], rows: list[Any]) -> None:
-    id_of = {row.event_id: row.id for row in rows}
-    for key, eids in first_arrivals(records).items():
-        ids = [id_of[e] for e in eids]
-        assert ids == sorted(ids), f"events of {key!r} arrived out of id order"
 
 
 # --- tests ----------------------------------------------------------------------------------

@@ -18,7 +18,12 @@ from payment_service.adapters import migrate
 from payment_service.adapters.orm import OutboxEventRow, RelayLeaseRow
 from payment_service.adapters.outbox_store import LeaderLease, SqlOutboxStore
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
+
+
+@pytest.fixture(autouse=True)
+def empty_outbox() -> None:
+    """Nothing to empty: these tests need no MariaDB, which the package's own `empty_outbox` would start."""
 
 
 def test_the_api_process_loads_neither_kafka_nor_the_relay(tmp_path: Path) -> None:

@@ -11,25 +11,17 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import threading
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
 
 import pytest
 from confluent_kafka import Producer
-from sqlalchemy import Engine, create_engine, delete, func, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import Engine, update
 
-from config import Settings, load_settings
 from localparts.broker import TansuBroker
 from localparts.topic_reader import Record, TopicReader
-from payment_service.adapters import migrate
-from payment_service.adapters.orm import OutboxEventRow, RelayLeaseRow
-from payment_service.adapters.repository import SqlOutboxRepository
-from payment_service.bootstrap import build_relay
+from payment_service.adapters.orm import OutboxEventRow
 from payment_service.domain.events import Event, EventType
 from payment_service.events.consumer import (
     CloudEvent,
@@ -40,67 +32,18 @@ from payment_service.events.consumer import (
     UnknownSigningKey,
 )
 from payment_service.events.contract import ContractViolation
-from payment_service.worker.relay import OutboxRelay
+from tests.integration.relay.support import (
+    NEW,
+    OLD,
+    fresh,
+    not_published,
+    relay_running,
+    settings_for,
+    write,
+)
 from tests.support import event_contract
 from tests.support.event_contract import domain_events
 from tests.support.waiting import wait_for as wait_until
-
-OLD = ("2026-08", "old-event-signing-key")
-NEW = ("2026-11", "new-event-signing-key")
-
-
-@pytest.fixture(scope="module")
-def engine(fresh_database_url: str) -> Iterator[Engine]:
-    migrate.upgrade(fresh_database_url)
-    eng = create_engine(fresh_database_url, isolation_level="READ COMMITTED", pool_size=5)
-    yield eng
-    eng.dispose()
-
-
-@pytest.fixture(autouse=True)
-def empty_outbox(engine: Engine) -> None:
-    with engine.begin() as conn:
-        conn.execute(delete(OutboxEventRow))
-        conn.execute(delete(RelayLeaseRow))
-
-
-def settings_for(engine: Engine, bootstrap: str, topic: str, key: tuple[str, str]) -> Settings:
-    return load_settings(
-        env={}, DATABASE_URL=engine.url.render_as_string(hide_password=False), KAFKA_BOOTSTRAP_SERVERS=bootstrap,
-        EVENTS_TOPIC=topic, EVENTS_TOPIC_PARTITIONS=3, EVENT_SIGNING_KEY=key[1], EVENT_SIGNING_KEY_ID=key[0],
-    )
-
-
-@contextmanager
-def relay_running(engine: Engine, settings: Settings) -> Iterator[OutboxRelay]:
-    relay = build_relay(settings, engine, lease_ttl=2.0, delivery_timeout=2.0, max_backoff=1.0)
-    thread = threading.Thread(target=relay.run, name="relay-contract", daemon=True)
-    thread.start()
-    try:
-        yield relay
-    finally:
-        relay.stop()
-        thread.join(30)
-        assert not thread.is_alive(), "relay did not stop"
-
-
-def write(engine: Engine, events: list[Event]) -> None:
-    with Session(engine) as session:
-        repo = SqlOutboxRepository(session)
-        for e in events:
-            repo.add(e)
-        session.commit()
-
-
-def unpublished(engine: Engine) -> int:
-    with engine.connect() as conn:
-        return int(conn.execute(select(func.count()).select_from(OutboxEventRow)
-                                .where(OutboxEventRow.published_at.is_(None))).scalar_one())
-
-
-def fresh(event: Event, user: str) -> Event:
-    """The same event for another user, with an id of its own."""
-    return Event(event.type, event.subject, user, {**event.data, "user_id": user})
 
 
 def event_id(r: Record) -> str:
@@ -111,12 +54,12 @@ def publish_rotated(engine: Engine, bootstrap: str, topic: str) -> tuple[list[Ev
     """Every type of event published with the old key, then (the key rotated) again with the new one."""
     before = [fresh(e, "u_contract_1") for e in domain_events()]
     after = [fresh(e, "u_contract_2") for e in domain_events()]
-    write(engine, before)
+    write(engine, *before)
     with relay_running(engine, settings_for(engine, bootstrap, topic, OLD)):
-        wait_until(lambda: unpublished(engine) == 0, 30, "the old key's events published")
-    write(engine, after)
+        wait_until(lambda: not_published(engine) == 0, 30, "the old key's events published")
+    write(engine, *after)
     with relay_running(engine, settings_for(engine, bootstrap, topic, NEW)):
-        wait_until(lambda: unpublished(engine) == 0, 30, "the new key's events published")
+        wait_until(lambda: not_published(engine) == 0, 30, "the new key's events published")
     return before, after
 
 
@@ -162,14 +105,14 @@ def test_relay_messages_match_the_document_and_the_consumer_takes_them(engine: E
 def test_a_redelivery_by_the_relay_is_applied_once(engine: Engine, kafka_bootstrap: str) -> None:
     topic = f"payment.events.redelivery.{uuid.uuid4().hex[:8]}"
     event = fresh(domain_events()[0], "u_redelivery")
-    write(engine, [event])
+    write(engine, event)
     settings = settings_for(engine, kafka_bootstrap, topic, NEW)
     with relay_running(engine, settings):
-        wait_until(lambda: unpublished(engine) == 0, 30, "the event published")
+        wait_until(lambda: not_published(engine) == 0, 30, "the event published")
         # What a relay that died before marking the row does: it sends the row again.
         with engine.begin() as conn:
             conn.execute(update(OutboxEventRow).values(published_at=None))
-        wait_until(lambda: unpublished(engine) == 0, 30, "the event published again")
+        wait_until(lambda: not_published(engine) == 0, 30, "the event published again")
     with TopicReader(kafka_bootstrap, topic) as reader:
         copies = reader.wait_for(lambda r: event_id(r) == event.id, count=2, timeout=30)
     assert copies[0].value == copies[1].value and copies[0].offset != copies[1].offset

@@ -13,22 +13,20 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from prometheus_client import REGISTRY
-from sqlalchemy import Engine, create_engine, delete, select, text, update
+from sqlalchemy import Engine, select, text, update
 from sqlalchemy.engine import make_url
 
 from localparts.broker import TansuBroker
 from localparts.topic_reader import TopicReader
-from payment_service.adapters import migrate
-from payment_service.adapters.orm import OutboxEventRow, RelayLeaseRow
+from payment_service.adapters.orm import RelayLeaseRow
 from payment_service.adapters.outbox_store import LEASE_NAME
 from payment_service.worker.relay import OutboxRelay
-from tests.integration.test_relay import (
+from tests.integration.relay.support import (
     assert_in_id_order,
     captured,
     make_relay,
@@ -41,21 +39,6 @@ from tests.integration.test_relay import (
 from tests.support.waiting import wait_for as wait_until
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def engine(fresh_database_url: str) -> Iterator[Engine]:
-    migrate.upgrade(fresh_database_url)
-    eng = create_engine(fresh_database_url, isolation_level="READ COMMITTED", pool_size=10)
-    yield eng
-    eng.dispose()
-
-
-@pytest.fixture(autouse=True)
-def empty_outbox(engine: Engine) -> None:
-    with engine.begin() as conn:
-        conn.execute(delete(OutboxEventRow))
-        conn.execute(delete(RelayLeaseRow))
 
 
 class BinlogUser:
