@@ -258,25 +258,28 @@ class KafkaPublisher:
         return not sent.pending()
 
     def wait(self, sent: Sent, *, more_queued: bool, tick: Callable[[], bool],
-             interrupt: Callable[[], bool] | None = None) -> None:
+             interrupt: Callable[[], bool] | None = None) -> bool:
         """Wait for the batch's delivery reports, at most `delivery_timeout`; `tick()` runs about every
         0.1 s (the relay renews its lease there) and stops the wait when it returns False. With
         `interrupt`, the wait looks every 2 ms and ends when it returns True (the relay was woken: rows
-        to produce behind these)."""
+        to produce behind these); returns whether that is why it ended."""
         producer = self._producer
         deadline = time.monotonic() + self.delivery_timeout
         step = 0.1 if interrupt is None else 0.002
         while producer is not None and sent.pending():
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                return
+                return False
             if more_queued:
                 producer.poll(min(step, remaining))  # the next batch is queued too: let it fill requests
             else:
                 # Nothing else queued: flush, which also sends at once what linger.ms would hold back.
                 producer.flush(min(step, remaining))
-            if sent.pending() and (not tick() or (interrupt is not None and interrupt())):
-                return
+            if sent.pending() and not tick():
+                return False
+            if sent.pending() and interrupt is not None and interrupt():
+                return True
+        return False
 
     # -- the topic ------------------------------------------------------------------------------------
 

@@ -182,15 +182,23 @@ class OutboxRelay:
         return sent
 
     def _woken_while_sending(self, sent: Sent, last_id: int) -> bool:
-        """Wait for the broker's answer for `sent` or a binlog wake-up. Woken (rows committed since the
-        claim), read the rows after `sent`: produced before `sent` is settled, as full batches are."""
-        if not sent.complete or not self.waker.listening or time.monotonic() - self._claimed_at >= 1.0:
-            return False
-        self.publisher.wait(sent, more_queued=False, tick=self._tick, interrupt=self.waker.flag.is_set)
-        if not sent.pending() or not self.waker.take() or self._stop.is_set():
-            return False
-        self._prefetch(last_id)
-        return self._prefetched is not None
+        """While the broker has not answered for `sent`, look for rows committed after it: at each binlog
+        wake-up, and a poll interval later, doubling (polling, or a wake-up that came before its row was
+        visible). Rows found are produced behind `sent` before it is settled, as full batches are."""
+        delay, look_at = self.waker.poll_interval, 0.0
+        def time_to_look() -> bool:
+            return self.waker.flag.is_set() or time.monotonic() >= look_at
+
+        while sent.complete and not self._stop.is_set() and time.monotonic() - self._claimed_at < 1.0:
+            look_at = time.monotonic() + delay
+            if not self.publisher.wait(sent, more_queued=False, tick=self._tick, interrupt=time_to_look):
+                return False  # answered (or given up, or deposed): settled as usual
+            self.waker.take()
+            self._prefetch(last_id)
+            if self._prefetched is not None:
+                return True
+            delay = min(2 * delay, 0.1)
+        return False
 
     def _prefetch(self, last_id: int) -> None:
         try:

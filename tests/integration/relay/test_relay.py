@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import signal
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -264,3 +265,43 @@ def test_purge_published_deletes_only_old_published_rows(engine: Engine) -> None
     assert purge_published(engine, timedelta(days=7)) == 0
     backlog, age = outbox_stats(engine)
     assert backlog == 3 and age >= 0
+
+
+@pytest.mark.parametrize("binlog", [True, False], ids=["binlog", "polling"])
+def test_a_row_committed_while_a_batch_waits_for_the_broker_is_produced_behind_it(
+    engine: Engine, private_kafka_broker: TansuBroker, binlog: bool
+) -> None:
+    """A slow acknowledgement does not hold up the rows committed after its batch: woken by the binlog
+    (or, polling, once the answer takes longer than a poll) the relay reads them and produces them
+    behind the batch, then marks both in id order once the broker confirms."""
+    broker = private_kafka_broker
+    assert broker.proc is not None
+    settings = relay_settings(engine, broker.bootstrap)
+    relay = make_relay(engine, settings, binlog=binlog, delivery_timeout=30.0, lease_ttl=10.0)
+    stopped = False
+    try:
+        with running(relay):
+            wait_until(lambda: relay.waker.announced, 15, "the relay to choose its wake-up mode")
+            assert relay.wake_mode == ("binlog" if binlog else "polling")
+            write(engine, captured("u_slow_ack"))
+            wait_until(lambda: relay.published_count == 1, 15, "a first row published")
+            broker.proc.send_signal(signal.SIGSTOP)  # from now on the broker answers nothing
+            stopped = True
+            write(engine, captured("u_slow_ack"))
+            wait_until(lambda: relay.publisher.queued == 1, 10, "the second row produced, unanswered")
+            write(engine, captured("u_slow_ack"))
+            wait_until(lambda: relay.publisher.queued == 2, 10,
+                       "the third row produced behind the second, before the broker answered it")
+            assert relay.published_count == 1
+            broker.proc.send_signal(signal.SIGCONT)
+            stopped = False
+            wait_until(lambda: unpublished(engine) == 0, 30, "both published once the broker answers")
+    finally:
+        if stopped:
+            broker.proc.send_signal(signal.SIGCONT)
+    rows = outbox_rows(engine)
+    assert relay.published_count == len(rows) == 3
+    with TopicReader(broker.bootstrap, settings.EVENTS_TOPIC) as reader:
+        reader.wait_for(count=3, timeout=30)
+        records = reader.drain(quiet=1.0)
+    assert_in_id_order(records, rows)
