@@ -275,10 +275,11 @@ class KafkaPublisher:
             else:
                 # Nothing else queued: flush, which also sends at once what linger.ms would hold back.
                 producer.flush(min(step, remaining))
-            if sent.pending() and not tick():
-                return False
-            if sent.pending() and interrupt is not None and interrupt():
-                return True
+            if sent.pending():
+                if not tick():
+                    return False
+                if interrupt is not None and interrupt():
+                    return True
         return False
 
     # -- the topic ------------------------------------------------------------------------------------

@@ -1,4 +1,7 @@
-"""Background processes: the outbox relay (relay.py), the webhook applier and scheduled jobs (jobs.py)."""
+"""Background processes: the outbox relay (relay.py), the webhook applier and scheduled jobs (jobs.py).
+
+Here: the process tuning they share (and the API workers' start-up freeze, gunicorn_conf.py).
+"""
 
 from __future__ import annotations
 
@@ -7,10 +10,10 @@ import sys
 
 
 def freeze_startup_heap() -> None:
-    """Once a background process has started: move what start-up built (modules, the SDKs,
-    SQLAlchemy's metadata) out of the garbage collector's full scans, which then see only what the
-    loop makes. Measured on the relay (bench/relay.py): a full collection of the start-up heap held
-    the GIL ~90 ms, the one stall in the commit -> broker ack tail."""
+    """Once a process has started (the worker, the relay, an API worker with its app loaded): move what
+    start-up built (modules, the SDKs, SQLAlchemy's metadata) out of the garbage collector's full scans,
+    which then see only what the loop or the requests make. Measured on the relay (bench/relay.py): a
+    full collection of the start-up heap held the GIL ~90 ms, the one stall in the commit -> ack tail."""
     gc.collect()
     gc.freeze()
 

@@ -29,15 +29,14 @@ from ..adapters.outbox_store import BackgroundMarker, LeaderLease, OutboxMessage
 
 logger = logging.getLogger(__name__)
 
+
 class OutboxRelay:
     """Publishes the outbox while it holds the lease. `run()` until `stop()` (or a signal handler calling it).
 
-    Pipelining: while the broker acknowledges a full batch, the loop reads the rows after it and
-    produces them before it settles the first; a failure in the first drops both, so a later event of
-    a user never overtakes an earlier one (the broker holds, per partition, a prefix of what one
-    producer sent). A claim from the lowest unpublished id (whenever nothing is prefetched, and at
-    least every second) skips the rows the marker thread has yet to mark, so they are not sent twice;
-    it picks up a row that committed late with a lower id.
+    Pipelining: while the broker acknowledges a batch, the loop may read the rows after it and produce
+    them before it settles the first (`_may_read_ahead`); a failure in the first drops both, so a later
+    event of a user never overtakes an earlier one (the broker holds, per partition, a prefix of what one
+    producer sent). Claims skip the rows the marker thread has yet to mark: they are not sent twice.
     """
 
     def __init__(
@@ -61,10 +60,6 @@ class OutboxRelay:
         self._claimed_at = 0.0  # when a batch was last claimed from the lowest unpublished id
         self._prefetched: list[OutboxMessage] | None = None
         self._in_flight: Sent | None = None  # produced, settled after the next batch is produced
-
-    @property
-    def wake_mode(self) -> str:
-        return self.waker.mode
 
     @property
     def fencing(self) -> int | None:
@@ -97,9 +92,7 @@ class OutboxRelay:
         if not self._ensure_leader():
             self.waker.stop()
             self._prefetched = None
-            if self._in_flight is not None:  # purged when the lease was lost: mark what was confirmed
-                in_flight, self._in_flight = self._in_flight, None
-                self._settle(in_flight)
+            self._settle_in_flight()  # purged when the lease was lost: mark what was confirmed
             return self.renew_every
         if not self.waker.started and not self._stop.is_set():
             self.waker.start(wait=self.renew_every)  # within a renewal: the lease is not renewed meanwhile
@@ -110,10 +103,8 @@ class OutboxRelay:
         self.waker.take()
         batch, self._prefetched = self._prefetched, None
         if batch is None:
-            if self._in_flight is not None:
-                in_flight, self._in_flight = self._in_flight, None
-                if not self._settle(in_flight):
-                    return self._failed()
+            if not self._settle_in_flight():
+                return self._failed()
             # Not the rows confirmed but still being marked: they would be sent twice.
             batch = self.store.claim(self.batch_size, skip=self._marker.pending_ids() if self._marker else ())
             self._claimed_at = time.monotonic()
@@ -127,14 +118,12 @@ class OutboxRelay:
             if not self._settle(previous, more_queued=True):
                 return self._failed()  # the batch just produced follows it in id order: none of it is marked
             previous = None
-        # A full batch: more are likely waiting. Read the rows after it while the broker works, and
-        # settle it only after they are produced. Not for more than a second in a row: a row that
-        # committed late with a lower id is only seen by a claim from the lowest unpublished id.
-        if sent.complete and len(batch) == self.batch_size and time.monotonic() - self._claimed_at < 1.0:
+        full = len(batch) == self.batch_size
+        if full and self._may_read_ahead(sent):  # more are likely waiting: read them while the broker works
             self._prefetch(batch[-1].id)
-        if previous is not None and not self._settle(previous, more_queued=len(batch) == self.batch_size):
+        if previous is not None and not self._settle(previous, more_queued=full):
             return self._failed()  # the batch just produced follows it in id order: none of it is marked
-        if self._prefetched is not None or self._woken_while_sending(sent, batch[-1].id):
+        if self._prefetched is not None or self._read_ahead_while_unanswered(sent, batch[-1].id):
             self._in_flight = sent
             return 0.0
         if not self._settle(sent):
@@ -181,15 +170,20 @@ class OutboxRelay:
             self._quarantine(aside + sent.set_aside)
         return sent
 
-    def _woken_while_sending(self, sent: Sent, last_id: int) -> bool:
-        """While the broker has not answered for `sent`, look for rows committed after it: at each binlog
-        wake-up, and a poll interval later, doubling (polling, or a wake-up that came before its row was
-        visible). Rows found are produced behind `sent` before it is settled, as full batches are."""
+    def _may_read_ahead(self, sent: Sent) -> bool:
+        """Rows after `sent` may be read and produced before it is settled; not for more than a second in a
+        row: a row that committed late with a lower id is seen by a claim from the lowest unpublished id."""
+        return sent.complete and not self._stop.is_set() and time.monotonic() - self._claimed_at < 1.0
+
+    def _read_ahead_while_unanswered(self, sent: Sent, last_id: int) -> bool:
+        """While the broker has not answered for `sent`, read the rows after it (to produce behind it) at each
+        binlog wake-up and a poll interval later, doubling: polling, or a wake-up before its row was visible."""
         delay, look_at = self.waker.poll_interval, 0.0
+
         def time_to_look() -> bool:
             return self.waker.flag.is_set() or time.monotonic() >= look_at
 
-        while sent.complete and not self._stop.is_set() and time.monotonic() - self._claimed_at < 1.0:
+        while self._may_read_ahead(sent):
             look_at = time.monotonic() + delay
             if not self.publisher.wait(sent, more_queued=False, tick=self._tick, interrupt=time_to_look):
                 return False  # answered (or given up, or deposed): settled as usual
@@ -205,6 +199,11 @@ class OutboxRelay:
             self._prefetched = self.store.claim(self.batch_size, after=last_id) or None
         except Exception as exc:  # noqa: BLE001 - read them next round instead
             logger.debug("prefetch failed", extra={"error": type(exc).__name__})
+
+    def _settle_in_flight(self) -> bool:
+        """Settle the batch produced last round, if there is one; False if not every row was confirmed."""
+        in_flight, self._in_flight = self._in_flight, None
+        return in_flight is None or self._settle(in_flight)
 
     def _settle(self, sent: Sent, *, more_queued: bool = False) -> bool:
         """Wait for the batch's delivery reports, mark the confirmed run; True if every row was confirmed."""
@@ -252,12 +251,10 @@ class OutboxRelay:
         return float(min(self.max_backoff, 0.1 * 2 ** (self._failures - 1)))
 
     def _shutdown(self) -> None:
-        if self._in_flight is not None:  # finish the batch in flight
-            in_flight, self._in_flight = self._in_flight, None
-            try:
-                self._settle(in_flight)
-            except Exception:  # noqa: BLE001 - unmarked rows are sent again by the next leader
-                logger.warning("could not settle the last batch", exc_info=True)
+        try:
+            self._settle_in_flight()  # finish the batch in flight
+        except Exception:  # noqa: BLE001 - unmarked rows are sent again by the next leader
+            logger.warning("could not settle the last batch", exc_info=True)
         self.publisher.close(purge=False)
         if self._marker is not None:
             self._marker.close()

@@ -282,7 +282,7 @@ def test_a_row_committed_while_a_batch_waits_for_the_broker_is_produced_behind_i
     try:
         with running(relay):
             wait_until(lambda: relay.waker.announced, 15, "the relay to choose its wake-up mode")
-            assert relay.wake_mode == ("binlog" if binlog else "polling")
+            assert relay.waker.mode == ("binlog" if binlog else "polling")
             write(engine, captured("u_slow_ack"))
             wait_until(lambda: relay.published_count == 1, 15, "a first row published")
             broker.proc.send_signal(signal.SIGSTOP)  # from now on the broker answers nothing

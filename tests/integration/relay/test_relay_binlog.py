@@ -106,7 +106,7 @@ def test_wakes_on_commit_from_the_binlog_and_does_not_poll_when_idle(
     claims = ClaimCounter(relay)
     with running(relay):
         wait_until(lambda: relay.waker.announced, 15, "the relay to choose its wake-up mode")
-        assert relay.wake_mode == "binlog", relay.waker.watcher.reason if relay.waker.watcher else None
+        assert relay.waker.mode == "binlog", relay.waker.watcher.reason if relay.waker.watcher else None
         assert wake_mode_metric("binlog") == 1 and wake_mode_metric("polling") == 0
         time.sleep(0.5)  # the start's own looks
         before = claims.count
@@ -136,7 +136,7 @@ def test_binlog_unavailable_at_start_the_relay_polls_and_says_why(
         claims = ClaimCounter(relay)
         with running(relay):
             wait_until(lambda: relay.waker.announced, 15, "the relay to choose its wake-up mode")
-            assert relay.wake_mode == "polling"
+            assert relay.waker.mode == "polling"
             assert wake_mode_metric("polling") == 1 and wake_mode_metric("binlog") == 0
             write(engine, *(captured(f"u_{i % 3}") for i in range(20)))
             wait_until(lambda: unpublished(engine) == 0, 10, "rows published by polling")
@@ -164,19 +164,19 @@ def test_binlog_connection_dropped_and_restored(
         relay = make_relay(engine, settings, binlog_url=user.url, idle_poll=5.0, binlog_retry_max=0.5)
         users = [f"u_{i}" for i in range(4)]
         with running(relay):
-            wait_until(lambda: relay.waker.announced and relay.wake_mode == "binlog", 15, "binlog mode")
+            wait_until(lambda: relay.waker.announced and relay.waker.mode == "binlog", 15, "binlog mode")
             write(engine, *(captured(users[i % 4]) for i in range(10)))
             wait_until(lambda: unpublished(engine) == 0, 10, "rows published while following the binlog")
 
             user.revoke_and_disconnect()
-            wait_until(lambda: relay.wake_mode == "polling", 15, "the relay to fall back to polling")
+            wait_until(lambda: relay.waker.mode == "polling", 15, "the relay to fall back to polling")
             assert wake_mode_metric("polling") == 1
             for i in range(10):  # written while there is no binlog stream
                 write(engine, captured(users[i % 4]))
             wait_until(lambda: unpublished(engine) == 0, 15, "rows published by polling")
 
             user.grant()
-            wait_until(lambda: relay.wake_mode == "binlog", 15, "the binlog stream to be restored")
+            wait_until(lambda: relay.waker.mode == "binlog", 15, "the binlog stream to be restored")
             assert wake_mode_metric("binlog") == 1
             time.sleep(1.0)  # the restore's own looks are over: the relay waits for the binlog now
             started = time.monotonic()
@@ -293,7 +293,7 @@ def test_a_busy_relay_stops_reading_the_binlog_and_follows_it_again_when_idle(
         try:
             wait_until(lambda: relay.waker.pauses >= 1, 15, "the busy relay to pause the binlog watcher")
             wait_until(lambda: binlog_dump_connections(engine) == 0, 5, "the binlog stream to be dropped")
-            assert relay.wake_mode == "binlog"  # still the mode: the log is there, only not read while busy
+            assert relay.waker.mode == "binlog"  # still the mode: the log is there, only not read while busy
             time.sleep(0.5)
         finally:
             stop_writing.set()
