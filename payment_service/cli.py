@@ -120,7 +120,7 @@ def worker(once: bool) -> None:
     """Apply stored webhooks; expire PENDING_3DS payments; reconcile stuck PENDING ones; purge old rows."""
     from .bootstrap import bootstrap
     from .observability import configure_logging
-    from .worker import freeze_startup_heap
+    from .startup import freeze_startup_heap
     from .worker.jobs import run_all_once, run_worker
 
     settings = load_settings()

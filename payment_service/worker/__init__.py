@@ -1,22 +1,13 @@
 """Background processes: the outbox relay (relay.py), the webhook applier and scheduled jobs (jobs.py).
 
-Here: the process tuning they share (and the API workers' start-up freeze, gunicorn_conf.py).
+Here: the relay process's tuning.
 """
 
 from __future__ import annotations
 
-import gc
 import sys
 
-
-def freeze_startup_heap() -> None:
-    """Once a process has started (the worker, the relay, an API worker with its app loaded): move what
-    start-up built (modules, the SDKs, SQLAlchemy's metadata) out of the garbage collector's full scans,
-    which then see only what the loop or the requests make. Measured on the relay (bench/relay.py): a
-    full collection of the start-up heap held the GIL ~90 ms, the one stall in the commit -> ack tail."""
-    gc.collect()
-    gc.freeze()
-
+from ..startup import freeze_startup_heap
 
 # The relay's process hands the GIL between its threads (the loop, the binlog watcher, the marker)
 # every 0.5 ms instead of Python's 5 ms: a wake-up from the watcher reaches the loop sooner. Measured
