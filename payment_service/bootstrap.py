@@ -66,7 +66,11 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     kwargs.setdefault("max_overflow", 20)
     # READ COMMITTED: guarded UPDATEs and row locks see the latest committed row, and no gap locks.
     kwargs.setdefault("isolation_level", "READ COMMITTED")
-    return create_engine(url, **kwargs)
+    engine = create_engine(url, **kwargs)
+    from .adapters import deferred_writes
+
+    deferred_writes.install(engine)  # writes nobody reads ride with the COMMIT (adapters/deferred_writes.py)
+    return engine
 
 
 @functools.cache

@@ -42,6 +42,7 @@ from ..domain.withdrawals import Withdrawal
 from ..services import unit_of_work as abstract
 from ..services.audit import AuditLog
 from .audit_store import SqlAuditLog
+from .deferred_writes import DEFER
 from .orm import (
     Base,
     GatewayCustomerRow,
@@ -123,7 +124,7 @@ class SqlPaymentRepository(abstract.PaymentRepository):
         self.session = session
 
     def add(self, payment: Payment) -> None:
-        self.session.execute(_INSERT_PAYMENT, vars(payment))
+        self.session.execute(_INSERT_PAYMENT, vars(payment), execution_options=DEFER)
 
     def get(self, payment_id: str, *, for_update: bool = False) -> Payment | None:
         # Core rows, not ORM objects: always read fresh, never a stale copy from the session.
@@ -459,7 +460,8 @@ class SqlIdempotencyRepository(abstract.IdempotencyRepository):
 
     def complete(self, record_id: int, status: int, body: str, resource_id: str | None) -> None:
         self.session.execute(
-            _COMPLETE_IDEM, {"rid": record_id, "rstatus": status, "rbody": body, "resource": resource_id}
+            _COMPLETE_IDEM, {"rid": record_id, "rstatus": status, "rbody": body, "resource": resource_id},
+            execution_options=DEFER,
         )
         # --- audit trail: the API call's row, in the transaction that stores its answer (issue 12) ---
         row = audit.api_call(utcnow(), status, resource_id)
@@ -604,4 +606,4 @@ class SqlOutboxRepository(abstract.OutboxRepository):
         self.session = session
 
     def add(self, event: Event) -> None:
-        self.session.execute(_INSERT_OUTBOX, outbox_row(event))
+        self.session.execute(_INSERT_OUTBOX, outbox_row(event), execution_options=DEFER)

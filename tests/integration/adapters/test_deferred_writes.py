@@ -1,0 +1,185 @@
+"""Deferred writes on MariaDB (adapters/deferred_writes.py): sent with the COMMIT in one round trip,
+never reordered against the statements around them, all or nothing, dropped by a rollback."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pymysql.connections
+import pytest
+from sqlalchemy import Engine, func, select, text
+from sqlalchemy.exc import IntegrityError
+
+from payment_service.adapters.deferred_writes import DEFER
+from payment_service.adapters.orm import OutboxEventRow, PaymentRow
+from payment_service.adapters.unit_of_work import SqlAlchemyUnitOfWork
+from payment_service.bootstrap import make_engine
+from payment_service.domain.events import Event, EventType
+from tests.integration.adapters.records import payment
+
+UowFactory = Callable[[], SqlAlchemyUnitOfWork]
+
+
+@pytest.fixture
+def round_trips(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """The queries this thread sends to the server, one entry per round trip (PyMySQL's COM_QUERY),
+    once the pool holds a connection (a new one's set-up queries are not the test's)."""
+    with engine.connect() as conn:
+        conn.execute(text("SELECT 1"))
+    sent: list[str] = []
+    me = threading.get_ident()
+    plain = pymysql.connections.Connection._execute_command
+
+    def counting(self: Any, command: int, sql: Any) -> Any:
+        if threading.get_ident() == me and command == pymysql.constants.COMMAND.COM_QUERY:
+            sent.append(sql if isinstance(sql, str) else sql.decode())
+        return plain(self, command, sql)
+
+    monkeypatch.setattr(pymysql.connections.Connection, "_execute_command", counting)
+    yield sent
+
+
+def stored(engine: Engine, payment_id: str) -> bool:
+    with engine.connect() as conn:
+        return conn.execute(select(func.count()).where(PaymentRow.id == payment_id)).scalar_one() == 1
+
+
+def outbox_count(engine: Engine, subject: str) -> int:
+    with engine.connect() as conn:
+        return conn.execute(select(func.count()).where(OutboxEventRow.subject == subject)).scalar_one()
+
+
+def captured(p: Any) -> Event:
+    return Event(EventType.PAYMENT_CAPTURED, p.id, p.user_id, {"payment_id": p.id, "amount": p.amount})
+
+
+def test_deferred_writes_reach_the_database_with_the_commit_in_one_round_trip(
+    engine: Engine, uow_factory: UowFactory, round_trips: list[str]
+) -> None:
+    p = payment()
+    with uow_factory() as uow:
+        uow.payments.add(p)  # deferred
+        uow.outbox.add(captured(p))  # deferred (an autoincrement id nobody reads)
+        assert round_trips == [], "a deferred write was sent before the commit"
+        uow.commit()
+    assert len(round_trips) == 1, round_trips
+    assert round_trips[0].startswith("INSERT INTO payments") and round_trips[0].rstrip().endswith("COMMIT")
+    assert stored(engine, p.id)
+    assert outbox_count(engine, p.id) == 1
+
+
+def test_a_statement_after_deferred_writes_sends_them_first_and_sees_them(
+    engine: Engine, uow_factory: UowFactory, round_trips: list[str]
+) -> None:
+    p = payment()
+    with uow_factory() as uow:
+        uow.payments.add(p)
+        got = uow.payments.get(p.id)  # the INSERT goes first, in its own round trip, then the SELECT
+        assert got is not None and got.id == p.id
+        assert [q.split()[0] for q in round_trips] == ["INSERT", "SELECT"]
+        uow.commit()
+    assert round_trips[-1] == "COMMIT"  # nothing left to send with it
+    assert stored(engine, p.id)
+
+
+def test_a_deferred_write_that_fails_raises_at_the_commit_and_nothing_of_the_transaction_stays(
+    engine: Engine, uow_factory: UowFactory, round_trips: list[str]
+) -> None:
+    first, taken = payment(), payment()
+    with uow_factory() as uow:
+        uow.payments.add(taken)
+        uow.commit()
+    round_trips.clear()
+    with pytest.raises(IntegrityError, match="Duplicate entry"):
+        with uow_factory() as uow:
+            uow.payments.add(first)  # runs, then is rolled back
+            uow.outbox.add(captured(first))
+            uow.payments.add(taken)  # the duplicate: stops the batch before its COMMIT
+            uow.outbox.add(captured(taken))
+            uow.commit()
+    assert [q.split()[0] for q in round_trips] == ["INSERT", "ROLLBACK"]  # the batch, then its end
+    assert not stored(engine, first.id)
+    assert outbox_count(engine, first.id) == 0 and outbox_count(engine, taken.id) == 0
+    # The connection goes back to the pool clean: the next transaction commits only its own write.
+    again = payment()
+    with uow_factory() as uow:
+        uow.payments.add(again)
+        uow.commit()
+    assert stored(engine, again.id) and not stored(engine, first.id)
+
+
+def test_a_rollback_drops_deferred_writes_without_sending_them(
+    engine: Engine, uow_factory: UowFactory, round_trips: list[str]
+) -> None:
+    p = payment()
+    with uow_factory() as uow:
+        uow.payments.add(p)
+        uow.outbox.add(captured(p))
+    assert [q for q in round_trips if q.startswith("INSERT")] == []
+    assert not stored(engine, p.id)
+    with uow_factory() as uow:  # and they do not ride with the next commit on that connection
+        uow.commit()
+    assert not stored(engine, p.id) and outbox_count(engine, p.id) == 0
+
+
+def test_writes_deferred_by_threads_at_once_each_commit_with_their_own_transaction(
+    engine: Engine, uow_factory: UowFactory
+) -> None:
+    """Pending writes live on each connection: eight threads, a barrier, no write in another's batch."""
+    n = 8
+    barrier = threading.Barrier(n)
+    mine = [payment() for _ in range(n)]
+    failed: list[BaseException] = []
+
+    def one(i: int) -> None:
+        try:
+            with uow_factory() as uow:
+                uow.payments.add(mine[i])
+                barrier.wait(10)
+                if i % 2:
+                    uow.commit()  # odd threads commit, even ones roll back
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            failed.append(exc)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not failed
+    assert [stored(engine, p.id) for p in mine] == [bool(i % 2) for i in range(n)]
+
+
+def test_a_guarded_update_is_never_deferred_its_row_count_decides(
+    engine: Engine, uow_factory: UowFactory, round_trips: list[str]
+) -> None:
+    p = payment()
+    with uow_factory() as uow:
+        uow.payments.add(p)
+        uow.commit()
+    round_trips.clear()
+    with uow_factory() as uow:
+        result = uow.session.execute(
+            text("UPDATE payments SET failure_code = 'x' WHERE id = :id AND status = 'PENDING'"), {"id": p.id}
+        )
+        assert result.rowcount == 1
+        uow.commit()
+    assert round_trips[0].startswith("UPDATE") and round_trips[-1] == "COMMIT"
+
+
+def test_on_sqlite_a_deferred_write_runs_where_it_is_issued(tmp_path: Any) -> None:
+    from payment_service.adapters import migrate
+
+    url = f"sqlite:///{tmp_path}/d.db"
+    migrate.upgrade(url)
+    eng = make_engine(url)
+    try:
+        with eng.connect() as conn:
+            conn.execute(text("CREATE TABLE t (v TEXT)"))
+            conn.execute(text("INSERT INTO t (v) VALUES (:v)"), {"v": uuid.uuid4().hex}, execution_options=DEFER)
+            assert conn.execute(text("SELECT count(*) FROM t")).scalar_one() == 1
+    finally:
+        eng.dispose()
