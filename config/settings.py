@@ -70,6 +70,9 @@ class Settings:
     DB_POOL_SIZE: int = 20
     DB_POOL_MAX_OVERFLOW: int = 0
     DB_POOL_TIMEOUT_SECONDS: float = 30.0
+    # Requests of one API worker running on its CPU at once (payment_service/cpu_slots.py); the others
+    # wait in line, and a request waiting on a gateway holds none. 0: no limit (every ready request runs).
+    API_CPU_SLOTS: int = 4
     # --- end slow gateways ---
 
     JWT_SECRET: str | None = _secret(default=DEV_JWT_SECRET)
@@ -244,6 +247,8 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Set
         raise ConfigError("GATEWAY_BREAKER_OPEN_SECONDS and GATEWAY_BREAKER_WINDOW_SECONDS must be positive")
     if settings.GATEWAY_MAX_CONNECTIONS < 1 or settings.DB_POOL_SIZE < 1 or settings.DB_POOL_MAX_OVERFLOW < 0:
         raise ConfigError("GATEWAY_MAX_CONNECTIONS and DB_POOL_SIZE must be at least 1, DB_POOL_MAX_OVERFLOW at least 0")
+    if settings.API_CPU_SLOTS < 0:
+        raise ConfigError("API_CPU_SLOTS must be 0 (no limit) or more")
     # --- end slow gateways ---
     # --- worker ---
     if min(settings.WORKER_APPLIER_THREADS, settings.WEBHOOK_BATCH_SIZE, settings.SWEEP_CONCURRENCY) < 1:

@@ -12,6 +12,7 @@ from flask import Flask, Response, g, request
 
 from config import Settings, load_settings
 
+from .. import cpu_slots
 from ..bootstrap import Container, bootstrap
 from ..domain.cards import contains_card_number
 from ..observability import configure_logging, request_id_var
@@ -87,6 +88,11 @@ def create_app(settings: Settings | None = None, container: Container | None = N
         configure_logging(settings.LOG_LEVEL, settings.LOG_FORMAT)
     app.extensions["payment_service"] = container or bootstrap(settings)
 
+    # First in, last out: everything a request runs on this worker's CPU runs in its slot.
+    slots = cpu_slots.install(settings.API_CPU_SLOTS)
+    if slots is not None:
+        app.before_request(slots.acquire)
+        app.teardown_request(lambda _exc: slots.release())
     app.before_request(_begin_request)
     # --- auth and rate limits ---
     # Order matters: identify() sets g.principal, which the limiter's before_request keys on.

@@ -23,6 +23,7 @@ import requests
 from prometheus_client import Counter, Gauge
 from requests.adapters import HTTPAdapter
 
+from ..cpu_slots import outside_slot
 from ..domain.breaker import STATE_VALUE, BreakerState, CircuitBreaker
 from .base import (
     ChargeRequest,
@@ -112,7 +113,8 @@ class GuardedGateway:
             raise CircuitOpenError(self.name, self.breaker.retry_after())
         failed: bool | None = None
         try:
-            result = fn(*args, **kwargs)
+            with outside_slot():  # the request's CPU slot is free while it waits (cpu_slots.py)
+                result = fn(*args, **kwargs)
             failed = False
             return result
         except GatewayUnavailableError as exc:
