@@ -308,6 +308,8 @@ def main() -> None:
     ap.add_argument("--db-socket", action="store_true",
                     help="the API reaches MariaDB by its Unix socket, as a database on the same host is reached, "
                          "instead of loopback TCP")
+    ap.add_argument("--api-env", action="append", default=[], metavar="KEY=VALUE",
+                    help="an environment variable for the API (repeatable), e.g. API_CPU_SLOTS=0")
     ap.add_argument("--raw-max-clients", type=int, default=64,
                     help="run the raw-SQL lines only at levels up to this (each raw client holds a connection)")
     ap.add_argument("--no-raw", action="store_true", help="no raw-SQL lines")
@@ -345,6 +347,7 @@ def main() -> None:
                 "RAZORPAY_API_BASE": f"http://127.0.0.1:{sb_port}/razorpay",
                 "RATE_LIMIT_USER": "1000000/minute", "RISK_VELOCITY_MAX_ATTEMPTS": "100000000",
                 "RISK_VELOCITY_MAX_AMOUNT": "100000000000000", "LOG_LEVEL": "WARNING",
+                **dict(kv.split("=", 1) for kv in args.api_env),
             }
             api = ServiceProcess([str(VENV_BIN / "payment-service"), "serve", "--bind", f"127.0.0.1:{api_port}",
                                   "--workers", str(args.workers), "--worker-class", args.worker_class,
