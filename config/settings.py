@@ -72,7 +72,7 @@ class Settings:
     DB_POOL_TIMEOUT_SECONDS: float = 30.0
     # Requests of one API worker running on its CPU at once (payment_service/cpu_slots.py); the others
     # wait in line, and a request waiting on a gateway holds none. 0: no limit (every ready request runs).
-    API_CPU_SLOTS: int = 4
+    API_CPU_SLOTS: int = 2
     # --- end slow gateways ---
 
     JWT_SECRET: str | None = _secret(default=DEV_JWT_SECRET)
