@@ -1,4 +1,5 @@
-"""Builders for the adapter tests: records with random ids, and a race of threads behind a barrier."""
+"""Builders for the adapter tests: records with random ids, a race of threads behind a barrier, and what a
+commit left in the tables (read on a connection of their own)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,9 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from sqlalchemy import Engine, select
+
+from payment_service.adapters.orm import OutboxEventRow, PaymentRow
 from payment_service.domain import ids
 from payment_service.domain.payments import InboxEvent, Payment, PaymentMethod, Refund
 from payment_service.domain.withdrawals import Withdrawal
@@ -80,3 +84,14 @@ def race(fn: Callable[[int], Any], n: int) -> list[Any]:
         t.join(60)
         assert not t.is_alive(), f"{t.name} still running after 60 s"
     return results
+
+
+def stored_payment_ids(engine: Engine, *ids: str) -> set[str]:
+    with engine.connect() as conn:
+        return set(conn.execute(select(PaymentRow.id).where(PaymentRow.id.in_(ids))).scalars())
+
+
+def outbox_rows(engine: Engine, subject: str) -> list[tuple[str, str]]:
+    with engine.connect() as conn:
+        return [tuple(r) for r in conn.execute(
+            select(OutboxEventRow.event_type, OutboxEventRow.payload).where(OutboxEventRow.subject == subject))]

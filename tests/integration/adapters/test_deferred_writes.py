@@ -10,15 +10,14 @@ from typing import Any
 
 import pymysql.connections
 import pytest
-from sqlalchemy import Engine, func, select, text
+from sqlalchemy import Engine, text
 from sqlalchemy.exc import IntegrityError
 
 from payment_service.adapters.deferred_writes import DEFER
-from payment_service.adapters.orm import OutboxEventRow, PaymentRow
 from payment_service.adapters.unit_of_work import SqlAlchemyUnitOfWork
 from payment_service.bootstrap import make_engine
 from payment_service.domain.events import Event, EventType
-from tests.integration.adapters.records import payment
+from tests.integration.adapters.records import outbox_rows, payment, race, stored_payment_ids
 
 UowFactory = Callable[[], SqlAlchemyUnitOfWork]
 
@@ -43,13 +42,11 @@ def round_trips(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> Iterator[lis
 
 
 def stored(engine: Engine, payment_id: str) -> bool:
-    with engine.connect() as conn:
-        return conn.execute(select(func.count()).where(PaymentRow.id == payment_id)).scalar_one() == 1
+    return stored_payment_ids(engine, payment_id) == {payment_id}
 
 
 def outbox_count(engine: Engine, subject: str) -> int:
-    with engine.connect() as conn:
-        return conn.execute(select(func.count()).where(OutboxEventRow.subject == subject)).scalar_one()
+    return len(outbox_rows(engine, subject))
 
 
 def captured(p: Any) -> Event:
@@ -130,26 +127,17 @@ def test_writes_deferred_by_threads_at_once_each_commit_with_their_own_transacti
 ) -> None:
     """Pending writes live on each connection: eight threads, a barrier, no write in another's batch."""
     n = 8
-    barrier = threading.Barrier(n)
+    all_pending = threading.Barrier(n)
     mine = [payment() for _ in range(n)]
-    failed: list[BaseException] = []
 
     def one(i: int) -> None:
-        try:
-            with uow_factory() as uow:
-                uow.payments.add(mine[i])
-                barrier.wait(10)
-                if i % 2:
-                    uow.commit()  # odd threads commit, even ones roll back
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            failed.append(exc)
+        with uow_factory() as uow:
+            uow.payments.add(mine[i])
+            all_pending.wait(10)
+            if i % 2:
+                uow.commit()  # odd threads commit, even ones roll back
 
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
-    assert not failed
+    assert race(one, n) == [None] * n
     assert [stored(engine, p.id) for p in mine] == [bool(i % 2) for i in range(n)]
 
 

@@ -10,23 +10,12 @@ import pytest
 from sqlalchemy import Engine, func, select
 from sqlalchemy.exc import IntegrityError
 
-from payment_service.adapters.orm import OutboxEventRow, PaymentRow
+from payment_service.adapters.orm import PaymentRow
 from payment_service.adapters.unit_of_work import SqlAlchemyUnitOfWork
 from payment_service.domain import lifecycle
-from tests.integration.adapters.records import now, payment
+from tests.integration.adapters.records import now, outbox_rows, payment, stored_payment_ids
 
 UowFactory = Callable[[], SqlAlchemyUnitOfWork]
-
-
-def stored_payment_ids(engine: Engine, *ids: str) -> set[str]:
-    with engine.connect() as conn:
-        return set(conn.execute(select(PaymentRow.id).where(PaymentRow.id.in_(ids))).scalars())
-
-
-def outbox_rows(engine: Engine, subject: str) -> list[tuple[str, str]]:
-    with engine.connect() as conn:
-        return [tuple(r) for r in conn.execute(
-            select(OutboxEventRow.event_type, OutboxEventRow.payload).where(OutboxEventRow.subject == subject))]
 
 
 def test_committed_work_is_there_for_the_next_unit_of_work(engine: Engine, uow_factory: UowFactory) -> None:
