@@ -33,6 +33,7 @@ import gc
 import json
 import os
 import re
+import subprocess
 import sys
 import tempfile
 import threading
@@ -285,6 +286,87 @@ def peak(rows: list[dict]) -> dict:
     return max(rows, key=lambda row: row["per_s"])
 
 
+_SPEED_LOOP = """
+import sys, time
+while True:
+    t0 = time.thread_time()
+    x = 0
+    for i in range(50_000):
+        x += i * i
+    print(round((time.thread_time() - t0) * 1000, 3), flush=True)
+    time.sleep(0.25)
+"""
+
+
+class SpeedProbe:
+    """This machine's speed during a window: a child process times a fixed pure-Python loop every 0.25 s in
+    CPU time (so a busy machine's run queue does not count, only how fast a core runs it), about 1 % of one
+    core. Its neighbours on the host move that by a half within minutes; printed beside each window, it
+    tells a slower service from a slower machine. Milliseconds per loop, median: lower is faster."""
+
+    def __enter__(self) -> SpeedProbe:
+        self.proc = subprocess.Popen([sys.executable, "-c", _SPEED_LOOP], stdout=subprocess.PIPE, text=True)
+        self.samples: list[float] = []
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+        return self
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.samples.append(float(line))
+
+    def __exit__(self, *exc: object) -> None:
+        self.proc.kill()
+        self.proc.wait()
+        self.reader.join(timeout=5)
+
+    @property
+    def ms(self) -> float:
+        return median(self.samples) if self.samples else float("nan")
+
+
+def target_rounds(api_url: str, sandbox_url: str, latency_ms: int, clients: int, loads: list[float],
+                  rounds: int, warmup: float, seconds: float) -> list[dict]:
+    """Issue 10's targets measured in rounds, each round on its own: the 0 ms peak (closed loop, `clients`),
+    then the peak at latency_ms on the same clients, then the open loop at each of `loads` x that round's 0 ms
+    peak. A round takes under a minute, so its three windows meet the same machine; the level sweep's best
+    window, by contrast, is the luckiest of five, and a paced run minutes later may meet a slower machine."""
+    out = []
+    for k in range(1, rounds + 1):
+        row: dict = {"round": k}
+        for lat, key in ((0, "peak0"), (latency_ms, "peak_n")):
+            sandbox_faults(sandbox_url, lat)
+            with SpeedProbe() as speed:
+                window, _ = asyncio.run(_closed_loop(api_url, clients, max(warmup, clients / 150), seconds))
+            row[f"{key}_speed_ms"] = speed.ms
+            row[key] = window.ok / seconds
+            row[f"{key}_errors"] = sum(window.errors.values())
+        row["ratio"] = row["peak_n"] / row["peak0"] if row["peak0"] else 0.0
+        row["paced"] = []
+        for load in loads:
+            with SpeedProbe() as probe:
+                window = asyncio.run(_paced(api_url, load * row["peak0"], warmup, seconds))
+            speed = probe.ms
+            row["paced"].append({"load": load, "offered_per_s": load * row["peak0"], "per_s": window.ok / seconds,
+                                 "p50_ms": pct(window.latencies, 50) * 1000, "p99_ms": pct(window.latencies, 99) * 1000,
+                                 "errors": sum(window.errors.values()), "speed_ms": speed})
+        paced_text = "; ".join(f"{p['load']:g} x: {p['offered_per_s']:.1f}/s offered, {p['per_s']:.1f}/s answered, "
+                               f"p50 {p['p50_ms']:.0f} ms, p99 {p['p99_ms']:.0f} ms, errors {p['errors']} "
+                               f"[speed {p['speed_ms']:.1f} ms]" for p in row["paced"])
+        print(f"round {k}: 0 ms {row['peak0']:.1f}/s [speed {row['peak0_speed_ms']:.1f} ms], {latency_ms} ms "
+              f"{row['peak_n']:.1f}/s [speed {row['peak_n_speed_ms']:.1f} ms], ratio {row['ratio'] * 100:.1f} %; "
+              f"{paced_text}", flush=True)
+        out.append(row)
+    return out
+
+
+def median(values: list[float]) -> float:
+    values = sorted(values)
+    mid = len(values) // 2
+    return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=float, default=10.0, help="measured window of each level")
@@ -303,6 +385,12 @@ def main() -> None:
                          "(0: none); several, comma-separated (0.6,0.7,0.8), run one after the other")
     ap.add_argument("--paced-rate", type=float, default=0.0,
                     help="with --gateway-latency-ms: the open-loop run at this many top-ups/s instead")
+    ap.add_argument("--target-rounds", type=int, default=0,
+                    help="with --gateway-latency-ms: after the levels, this many rounds of issue 10's three windows "
+                         "back to back (0 ms peak, peak at N ms, paced at --paced-load x that round's 0 ms peak), "
+                         "at the concurrency of the 0 ms peak (or --target-clients), with the machine's speed")
+    ap.add_argument("--target-clients", type=int, default=0,
+                    help="clients of the --target-rounds closed-loop windows (default: the 0 ms peak's level)")
     ap.add_argument("--db-in-memory", action="store_true",
                     help="MariaDB (durable settings) with its data dir in /dev/shm: the figures then carry no "
                          "stall of this VM's disk")
@@ -340,6 +428,7 @@ def main() -> None:
     sandbox_url = api_url = ""
     rows: dict[int, dict[str, list[dict]]] = {lat: {SERVICE: [], RAW_4TX: [], RAW_2TX: []} for lat in latencies}
     paced: list[dict] = []
+    rounds: list[dict] = []
     load_before = load_average()
     try:
         if not args.raw_only:
@@ -404,6 +493,14 @@ def main() -> None:
                                 args.seconds, in_flight_max=window.max_in_flight)
                 paced.append({**run, "offered_per_s": rate, "how": how})
                 print(flush=True)
+        if api is not None and len(latencies) > 1 and args.target_rounds > 0:
+            clients = args.target_clients or (peak(rows[0][SERVICE])["concurrency"] if rows[0][SERVICE] else 256)
+            print(f"--- {args.target_rounds} target rounds at c={clients}: 0 ms peak, {latencies[-1]} ms peak, "
+                  f"paced at {', '.join(f'{x:g}' for x in loads)} x the round's 0 ms peak (speed: ms for a fixed "
+                  f"loop, lower is faster) ---", flush=True)
+            rounds = target_rounds(api_url, sandbox_url, latencies[-1], clients, loads, args.target_rounds,
+                                   args.warmup, args.seconds)
+            print(flush=True)
     finally:
         if api is not None:
             api.stop()
@@ -445,7 +542,17 @@ def main() -> None:
             print(f"paced at {run['offered_per_s']:.1f}/s offered ({run['how']}): "
                   f"{run['per_s']:.1f}/s answered 201, p50 {run['p50_ms']:.0f} ms, p99 {run['p99_ms']:.0f} ms "
                   f"(target < 600 ms at 0.8), errors {run['errors']}")
-    print(json.dumps({"gateway_latency_ms": latencies, "load_average": [load_before, load_after],
+    if rounds:
+        ratios = [r["ratio"] * 100 for r in rounds]
+        print(f"\ntarget rounds ({len(rounds)}): ratio median {median(ratios):.1f} % (each: "
+              f"{', '.join(f'{x:.1f}' for x in ratios)}; target >= 90 %, met in {sum(x >= 90 for x in ratios)})")
+        for i, load in enumerate(loads):
+            p99s = [r["paced"][i]["p99_ms"] for r in rounds]
+            print(f"  paced at {load:g} x the round's 0 ms peak: p99 median {median(p99s):.0f} ms (each: "
+                  f"{', '.join(f'{x:.0f}' for x in p99s)}; under 600 ms in {sum(x < 600 for x in p99s)}), errors "
+                  f"{sum(r['paced'][i]['errors'] for r in rounds)}")
+    print(json.dumps({"gateway_latency_ms": latencies, "target_rounds": rounds,
+                      "load_average": [load_before, load_after],
                       "service": {lat: r[SERVICE] for lat, r in rows.items()},
                       "raw_sql": {lat: r[RAW_4TX] for lat, r in rows.items()},
                       "raw_sql_2tx": {lat: r[RAW_2TX] for lat, r in rows.items()}, "paced": paced},
