@@ -35,7 +35,8 @@ from .base import (
     SettledRefund,
     WebhookEvent,
 )
-from .resilience import RATE_LIMIT_WAITS, http_session, retry_rate_limited
+from .resilience import RATE_LIMIT_WAITS, retry_rate_limited
+from .stripe_http import Urllib3Client
 
 logger = logging.getLogger(__name__)
 
@@ -184,13 +185,15 @@ class StripeGateway:
         self._api_key = api_key
         self._webhook_secret = webhook_secret
         self._rate_limit_waits = tuple(rate_limit_waits)
+        # The SDK's transport: urllib3 without `requests` (stripe_http.py), one keep-alive pool per process.
+        self.http_client = Urllib3Client(timeout, max_connections)
         self._client = stripe.StripeClient(
             api_key,
             base_addresses={"api": api_base.rstrip("/")} if api_base else None,
             max_network_retries=max_network_retries,
-            # One shared session: without one the SDK makes a session (a connection) per thread, which
+            # One shared pool: without one the SDK makes a session (a connection) per thread, which
             # under the gevent worker is per request.
-            http_client=stripe.RequestsClient(timeout=timeout, session=http_session(max_connections)),
+            http_client=self.http_client,
         )
 
     # -- errors -------------------------------------------------------------------------------
