@@ -41,6 +41,7 @@ import time
 import urllib.request
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -135,6 +136,7 @@ class Window:
         self.latencies: list[float] = []
         self.errors: Counter[str] = Counter()
         self.in_flight = self.max_in_flight = 0
+        self.answered = 0  # 201s over the whole run, warm-up and drain included (CPU per top-up)
 
     def begin(self) -> None:
         self.in_flight += 1
@@ -143,6 +145,8 @@ class Window:
     def end(self, t0: float, outcome: str) -> None:
         self.in_flight -= 1
         done = time.perf_counter()
+        if outcome == "201":
+            self.answered += 1
         if outcome != "201":
             self.errors[outcome] += 1  # an error anywhere in the run counts, warm-up and drain included
         elif self.start <= done <= self.stop:
@@ -255,7 +259,7 @@ def summarize(name: str, level: int, ok: int, lat: list[float], errors: int, sec
 
 def service_row(level: int, window: Window, sampler: MetricsSampler, seconds: float) -> dict:
     errors = sum(window.errors.values())
-    extra = {"db_conns_max": int(sampler.max["db_pool_checked_out"]),
+    extra: dict[str, object] = {"db_conns_max": int(sampler.max["db_pool_checked_out"]),
              "db_waiters_max": int(sampler.max["db_pool_waiters"])}
     if errors:
         extra["error_kinds"] = dict(window.errors)
@@ -326,8 +330,53 @@ class SpeedProbe:
         return median(self.samples) if self.samples else float("nan")
 
 
+def _cpu_seconds(pgid: int | None = None, pid: int | None = None) -> float:
+    """User + system CPU seconds, all threads, of one process or of every process in a process group
+    (gunicorn's master and workers)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for entry in [str(pid)] if pid is not None else os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        if pid is not None or int(fields[2]) == pgid:
+            total += int(fields[11]) + int(fields[12])
+    return total / tick
+
+
+class CpuMeter:
+    """CPU each part of the bench spent per answered top-up over a window: the API (all its processes),
+    the sandbox, MariaDB (when the bench started it) and this load generator. The parts besides the API
+    run unchanged code, so between two commits they are a yardstick for the machine's speed."""
+
+    def __init__(self, api_pgid: int, sandbox_pgid: int, db_pid: int | None) -> None:
+        self.parts: dict[str, Callable[[], float]] = {
+            "api": lambda: _cpu_seconds(pgid=api_pgid), "sandbox": lambda: _cpu_seconds(pgid=sandbox_pgid),
+            "load generator": time.process_time}
+        if db_pid is not None:
+            self.parts["mariadb"] = lambda: _cpu_seconds(pid=db_pid)
+
+    def __enter__(self) -> CpuMeter:
+        self.start = {name: read() for name, read in self.parts.items()}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.spent = {name: read() - self.start[name] for name, read in self.parts.items()}
+
+    def per_topup_ms(self, answered: int) -> dict[str, float]:
+        return {name: spent * 1000 / answered for name, spent in self.spent.items()} if answered else {}
+
+
+def _cpu_text(per: dict[str, float]) -> str:
+    return ", ".join(f"{name} {ms:.2f}" for name, ms in per.items()) + f" (total {sum(per.values()):.2f})"
+
+
 def target_rounds(api_url: str, sandbox_url: str, latency_ms: int, clients: int, loads: list[float],
-                  rounds: int, warmup: float, seconds: float) -> list[dict]:
+                  rounds: int, warmup: float, seconds: float, meter: Callable[[], CpuMeter]) -> list[dict]:
     """Issue 10's targets measured in rounds, each round on its own: the 0 ms peak (closed loop, `clients`),
     then the peak at latency_ms on the same clients, then the open loop at each of `loads` x that round's 0 ms
     peak. A round takes under a minute, so its three windows meet the same machine; the level sweep's best
@@ -337,26 +386,29 @@ def target_rounds(api_url: str, sandbox_url: str, latency_ms: int, clients: int,
         row: dict = {"round": k}
         for lat, key in ((0, "peak0"), (latency_ms, "peak_n")):
             sandbox_faults(sandbox_url, lat)
-            with SpeedProbe() as speed:
+            with SpeedProbe() as speed, meter() as cpu:
                 window, _ = asyncio.run(_closed_loop(api_url, clients, max(warmup, clients / 150), seconds))
             row[f"{key}_speed_ms"] = speed.ms
             row[key] = window.ok / seconds
+            row[f"{key}_cpu_ms"] = cpu.per_topup_ms(window.answered)
             row[f"{key}_errors"] = sum(window.errors.values())
         row["ratio"] = row["peak_n"] / row["peak0"] if row["peak0"] else 0.0
         row["paced"] = []
         for load in loads:
-            with SpeedProbe() as probe:
+            with SpeedProbe() as probe, meter() as cpu:
                 window = asyncio.run(_paced(api_url, load * row["peak0"], warmup, seconds))
-            speed = probe.ms
             row["paced"].append({"load": load, "offered_per_s": load * row["peak0"], "per_s": window.ok / seconds,
                                  "p50_ms": pct(window.latencies, 50) * 1000, "p99_ms": pct(window.latencies, 99) * 1000,
-                                 "errors": sum(window.errors.values()), "speed_ms": speed})
+                                 "errors": sum(window.errors.values()), "speed_ms": probe.ms,
+                                 "cpu_ms": cpu.per_topup_ms(window.answered)})
         paced_text = "; ".join(f"{p['load']:g} x: {p['offered_per_s']:.1f}/s offered, {p['per_s']:.1f}/s answered, "
                                f"p50 {p['p50_ms']:.0f} ms, p99 {p['p99_ms']:.0f} ms, errors {p['errors']} "
                                f"[speed {p['speed_ms']:.1f} ms]" for p in row["paced"])
         print(f"round {k}: 0 ms {row['peak0']:.1f}/s [speed {row['peak0_speed_ms']:.1f} ms], {latency_ms} ms "
               f"{row['peak_n']:.1f}/s [speed {row['peak_n_speed_ms']:.1f} ms], ratio {row['ratio'] * 100:.1f} %; "
               f"{paced_text}", flush=True)
+        print(f"  CPU ms per top-up: 0 ms peak: {_cpu_text(row['peak0_cpu_ms'])}; "
+              + "; ".join(f"paced {p['load']:g} x: {_cpu_text(p['cpu_ms'])}" for p in row["paced"]), flush=True)
         out.append(row)
     return out
 
@@ -498,8 +550,11 @@ def main() -> None:
             print(f"--- {args.target_rounds} target rounds at c={clients}: 0 ms peak, {latencies[-1]} ms peak, "
                   f"paced at {', '.join(f'{x:g}' for x in loads)} x the round's 0 ms peak (speed: ms for a fixed "
                   f"loop, lower is faster) ---", flush=True)
+            db_pid = server.proc.pid if server is not None and server.proc is not None else None
+            assert sandbox is not None
+            api_pgid, sandbox_pgid = api.proc.pid, sandbox.proc.pid  # each started in its own session
             rounds = target_rounds(api_url, sandbox_url, latencies[-1], clients, loads, args.target_rounds,
-                                   args.warmup, args.seconds)
+                                   args.warmup, args.seconds, lambda: CpuMeter(api_pgid, sandbox_pgid, db_pid))
             print(flush=True)
     finally:
         if api is not None:
