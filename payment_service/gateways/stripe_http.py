@@ -93,7 +93,7 @@ class Urllib3Client(stripe.HTTPClient):
     def connections_opened(self) -> int:
         """Connections this client has opened so far, over all its pools (a kept-alive one counts once)."""
         managers = [self._direct, *(m for m in self._managers.values() if m is not self._direct)]
-        return sum(pool.num_connections for m in managers for pool in m.pools._container.values())
+        return sum(m.pools[key].num_connections for m in managers for key in m.pools.keys())
 
     def close(self) -> None:
         self._direct.clear()
