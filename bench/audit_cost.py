@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import statistics
 import sys
@@ -41,6 +40,9 @@ import requests
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _procstat import cpu_seconds, family  # noqa: E402
 
 from config.settings import DEV_AUDIT_HMAC_KEY, DEV_JWT_SECRET  # noqa: E402
 from gateway_sandbox.server import free_port  # noqa: E402
@@ -72,33 +74,6 @@ def without_audit_tree(tmp: Path) -> Path:
             raise SystemExit(f"cannot cut the audit write out of {rel}: the code changed; update CUTS")
         path.write_text(text.replace(old, new))
     return root
-
-
-def cpu_seconds(pids: list[int]) -> float:
-    total = 0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / os.sysconf("SC_CLK_TCK")
-
-
-def family(pid: int) -> list[int]:
-    """pid and its descendants."""
-    parents: dict[int, int] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            parts = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        parents[int(stat.parent.name)] = int(parts[1])
-    out, frontier = [pid], [pid]
-    while frontier:
-        frontier = [c for c, p in parents.items() if p in frontier]
-        out += frontier
-    return out
 
 
 def token(sub: str) -> str:

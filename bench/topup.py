@@ -52,6 +52,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _procstat import cpu_seconds, family  # noqa: E402
 from _rawsql import minimum_2tx, yardstick_4tx  # noqa: E402
 
 from config.settings import DEV_JWT_SECRET  # noqa: E402
@@ -145,11 +146,11 @@ class Window:
     def end(self, t0: float, outcome: str) -> None:
         self.in_flight -= 1
         done = time.perf_counter()
-        if outcome == "201":
-            self.answered += 1
         if outcome != "201":
             self.errors[outcome] += 1  # an error anywhere in the run counts, warm-up and drain included
-        elif self.start <= done <= self.stop:
+            return
+        self.answered += 1
+        if self.start <= done <= self.stop:
             self.ok += 1
             self.latencies.append(done - t0)
 
@@ -330,35 +331,17 @@ class SpeedProbe:
         return median(self.samples) if self.samples else float("nan")
 
 
-def _cpu_seconds(pgid: int | None = None, pid: int | None = None) -> float:
-    """User + system CPU seconds, all threads, of one process or of every process in a process group
-    (gunicorn's master and workers)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0
-    for entry in [str(pid)] if pid is not None else os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2:].split()
-        if pid is not None or int(fields[2]) == pgid:
-            total += int(fields[11]) + int(fields[12])
-    return total / tick
-
-
 class CpuMeter:
     """CPU each part of the bench spent per answered top-up over a window: the API (all its processes),
     the sandbox, MariaDB (when the bench started it) and this load generator. The parts besides the API
     run unchanged code, so between two commits they are a yardstick for the machine's speed."""
 
-    def __init__(self, api_pgid: int, sandbox_pgid: int, db_pid: int | None) -> None:
+    def __init__(self, api_pid: int, sandbox_pid: int, db_pid: int | None) -> None:
         self.parts: dict[str, Callable[[], float]] = {
-            "api": lambda: _cpu_seconds(pgid=api_pgid), "sandbox": lambda: _cpu_seconds(pgid=sandbox_pgid),
+            "api": lambda: cpu_seconds(family(api_pid)), "sandbox": lambda: cpu_seconds(family(sandbox_pid)),
             "load generator": time.process_time}
         if db_pid is not None:
-            self.parts["mariadb"] = lambda: _cpu_seconds(pid=db_pid)
+            self.parts["mariadb"] = lambda: cpu_seconds([db_pid])
 
     def __enter__(self) -> CpuMeter:
         self.start = {name: read() for name, read in self.parts.items()}
@@ -556,9 +539,9 @@ def main() -> None:
                   f"loop, lower is faster) ---", flush=True)
             db_pid = server.proc.pid if server is not None and server.proc is not None else None
             assert sandbox is not None
-            api_pgid, sandbox_pgid = api.proc.pid, sandbox.proc.pid  # each started in its own session
+            api_pid, sandbox_pid = api.proc.pid, sandbox.proc.pid
             rounds = target_rounds(api_url, sandbox_url, latencies[-1], clients, loads, args.target_rounds,
-                                   args.warmup, args.seconds, lambda: CpuMeter(api_pgid, sandbox_pgid, db_pid))
+                                   args.warmup, args.seconds, lambda: CpuMeter(api_pid, sandbox_pid, db_pid))
             print(flush=True)
     finally:
         if api is not None:
