@@ -185,14 +185,13 @@ class StripeGateway:
         self._api_key = api_key
         self._webhook_secret = webhook_secret
         self._rate_limit_waits = tuple(rate_limit_waits)
-        # The SDK's transport: urllib3 without `requests` (stripe_http.py), one keep-alive pool per process.
+        # The SDK's transport: urllib3 without `requests` (stripe_http.py), one keep-alive pool per process
+        # (the SDK's default makes a session, so a connection, per thread: under gevent, per request).
         self.http_client = Urllib3Client(timeout, max_connections)
         self._client = stripe.StripeClient(
             api_key,
             base_addresses={"api": api_base.rstrip("/")} if api_base else None,
             max_network_retries=max_network_retries,
-            # One shared pool: without one the SDK makes a session (a connection) per thread, which
-            # under the gevent worker is per request.
             http_client=self.http_client,
         )
 

@@ -7,14 +7,13 @@ the SDK's request to a urllib3 pool directly. The SDK still builds every call, s
 idempotency key and parses every answer: only the transport changes.
 
 It keeps what the service relied on from the requests transport:
-- one keep-alive pool per process, `max_connections` per host (see resilience.http_session);
+- one keep-alive pool per process, `max_connections` per host (`GATEWAY_MAX_CONNECTIONS`);
 - Stripe's own certificate bundle (`stripe.ca_bundle_path`), as `RequestsClient` passes it;
 - the environment's proxy (`HTTPS_PROXY` / `HTTP_PROXY`, `NO_PROXY`), read once per host;
 - the same timeout for connecting and for each read, and compressed answers accepted;
 - every transport failure (refused, reset, timed out, TLS) raised as `stripe.APIConnectionError`,
   which the adapter maps to `GatewayUnavailableError` (outcome unknown), as before;
-- the request's CPU slot given back while the exchange is on the wire (GuardedGateway does it around
-  the whole call).
+- no CPU slot held during the call: GuardedGateway gives it back around the whole call, as before.
 """
 
 from __future__ import annotations
@@ -90,12 +89,13 @@ class Urllib3Client(stripe.HTTPClient):
                 should_retry=not isinstance(exc, urllib3.exceptions.SSLError),
             ) from exc
 
+    def _all_managers(self) -> list[urllib3.PoolManager]:
+        return [self._direct, *(m for m in self._managers.values() if m is not self._direct)]
+
     def connections_opened(self) -> int:
         """Connections this client has opened so far, over all its pools (a kept-alive one counts once)."""
-        managers = [self._direct, *(m for m in self._managers.values() if m is not self._direct)]
-        return sum(m.pools[key].num_connections for m in managers for key in m.pools.keys())
+        return sum(m.pools[key].num_connections for m in self._all_managers() for key in m.pools.keys())
 
     def close(self) -> None:
-        self._direct.clear()
-        for manager in self._managers.values():
+        for manager in self._all_managers():
             manager.clear()
