@@ -78,7 +78,9 @@ _VELOCITY = select(
     func.count(_payments.c.id),
     # Only money that moved or may still move counts towards the amount limit.
     func.coalesce(
-        func.sum(case((_payments.c.status.in_(["CAPTURED", "PENDING", "PENDING_3DS"]), _payments.c.amount), else_=0)),
+        # Literal comparisons, not IN (...): an IN list is an expanding parameter, re-rendered at each call.
+        func.sum(case((or_(*(_payments.c.status == literal(s) for s in ("CAPTURED", "PENDING", "PENDING_3DS"))),
+                       _payments.c.amount), else_=0)),
         0,
     ),
 ).where(_payments.c.user_id == bindparam("user_id"), _payments.c.created_at >= bindparam("since"))
