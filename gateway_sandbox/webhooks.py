@@ -1,4 +1,9 @@
-"""Webhook delivery: a background thread posts each signed event to its gateway's URL, with retries and knobs."""
+"""Webhook delivery: a background thread posts each signed event to its gateway's URL, with retries and knobs.
+
+A delivery's body and signed headers are a `Payload`, made when first needed (the first attempt to a
+configured URL, or a reader of `Delivery.body`): an event no URL is configured for, or that is
+dropped, is never serialised nor signed, which was most of the sandbox's webhook cost per charge.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,8 @@ import logging
 import queue
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import requests
 
@@ -25,22 +31,62 @@ class WebhookKnobs:
     paused: bool = False  # keep queuing, deliver nothing until unpaused
 
 
+class Payload:
+    """A webhook's body and signed headers, made by `build` on first use and then kept.
+
+    `build` must give the same bytes whenever it is called: it may read only what no longer changes
+    once the event is emitted (the event, itself a copy of the object at that moment and never
+    changed after, and the secret and signature timestamp of the emission, bound in `build`).
+    Two threads asking at once may both build it; they get equal results.
+    """
+
+    __slots__ = ("_build", "_made")
+
+    def __init__(self, build: Callable[[], tuple[bytes, dict[str, str]]]) -> None:
+        self._build = build
+        self._made: tuple[bytes, dict[str, str]] | None = None
+
+    def _get(self) -> tuple[bytes, dict[str, str]]:
+        if self._made is None:
+            self._made = self._build()
+        return self._made
+
+    @property
+    def body(self) -> bytes:
+        return self._get()[0]
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return self._get()[1]
+
+
 @dataclass
 class Delivery:
     gateway: str
     event_id: str
     event_type: str
-    body: bytes
-    headers: dict[str, str]
+    payload: Payload
     attempts: int = 0
     status: int | None = None
     delivered: bool = False
     dropped: bool = False
     error: str | None = None
+    _headers: dict[str, str] | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def body(self) -> bytes:
+        return self.payload.body
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """This delivery's own copy of the signed headers (a duplicate's are not the original's)."""
+        if self._headers is None:
+            self._headers = dict(self.payload.headers)
+        return self._headers
 
 
 class WebhookDispatcher:
-    """Signs nothing itself: each gateway blueprint builds body and signed headers, this delivers them.
+    """Signs nothing itself: each gateway blueprint gives a `Payload` (body and signed headers), this delivers it.
 
     A background thread posts each delivery to the gateway's configured URL, retrying on non-2xx
     or connection errors with exponential backoff, and applies the duplicate/reorder/delay/drop knobs.
@@ -60,8 +106,8 @@ class WebhookDispatcher:
     def url_for(self, gateway: str) -> str | None:
         return self.config.stripe_webhook_url if gateway == "stripe" else self.config.razorpay_webhook_url
 
-    def emit(self, gateway: str, event_id: str, event_type: str, body: bytes, headers: dict[str, str]) -> Delivery:
-        delivery = Delivery(gateway, event_id, event_type, body, headers)
+    def emit(self, gateway: str, event_id: str, event_type: str, payload: Payload) -> Delivery:
+        delivery = Delivery(gateway, event_id, event_type, payload)
         with self.lock:
             self.log.append(delivery)
             if self.knobs.drop > 0:
@@ -69,7 +115,7 @@ class WebhookDispatcher:
                 delivery.dropped = True
                 return delivery
             copies = [delivery] + [
-                Delivery(gateway, event_id, event_type, body, dict(headers)) for _ in range(self.knobs.duplicate)
+                Delivery(gateway, event_id, event_type, payload) for _ in range(self.knobs.duplicate)
             ]
             self.log.extend(copies[1:])
             if self.knobs.reorder:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import hmac
 import json
@@ -13,7 +12,7 @@ from typing import Any
 
 from flask import Response, request
 
-from ..core import Sandbox, current_sandbox
+from ..core import Sandbox, current_sandbox, public_copy
 from ._blueprint import bp
 
 NOT_FOUND = "The id provided does not exist"
@@ -68,7 +67,7 @@ def _rid(prefix: str) -> str:
 
 def _public(obj: dict[str, Any]) -> dict[str, Any]:
     """The object as Razorpay shows it: without the sandbox's own `_` bookkeeping fields."""
-    return {k: copy.deepcopy(v) for k, v in obj.items() if not k.startswith("_")}
+    return public_copy(obj)
 
 
 def _collection(items: list[dict[str, Any]]) -> dict[str, Any]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import re
 import secrets
@@ -13,7 +12,7 @@ from typing import Any
 from flask import Response, g, request
 from werkzeug.datastructures import MultiDict
 
-from ..core import Sandbox, current_sandbox
+from ..core import Sandbox, current_sandbox, public_copy
 from ._blueprint import bp
 
 API_VERSION = "2025-03-31.basil"
@@ -185,11 +184,16 @@ def _sb() -> Sandbox:
 
 def _public(obj: dict[str, Any]) -> dict[str, Any]:
     """An object as Stripe shows it: without the sandbox's private `_` fields."""
-    return {k: copy.deepcopy(v) for k, v in obj.items() if not k.startswith("_")}
+    return public_copy(obj)
 
 
 def _render(obj: dict[str, Any], expand: list[str] | None = None) -> dict[str, Any]:
-    out = _public(obj)
+    """An object as an answer shows it, with its `expand` paths expanded: for serialising at once.
+
+    A shallow copy, unlike `_public`: only its own top-level keys are ever replaced here, and the sandbox
+    changes its objects only by replacing top-level values (never a nested dict or list in place), so
+    the nested values it shares with the stored object serialise the same as a deep copy of them."""
+    out = {k: v for k, v in obj.items() if not k.startswith("_")}
     for path in expand if expand is not None else _expand_list():
         head, _, rest = path.partition(".")
         if head.startswith("data") and out.get("object") in ("list", "search_result"):

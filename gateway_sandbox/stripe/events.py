@@ -1,4 +1,9 @@
-"""Stripe events: building each state change's event, signing it (`Stripe-Signature`), sending it, reading it."""
+"""Stripe events: building each state change's event, signing it (`Stripe-Signature`), sending it, reading it.
+
+The event is built and stored at the state change; its body and signature are made only if it is
+sent (webhooks.Payload), from that stored event, which nothing changes after, and the timestamp of
+the emission.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +11,12 @@ import hashlib
 import hmac
 import json
 import time
+from functools import partial
 from typing import Any
 
 from flask import Response, g, request
 
+from ..webhooks import Payload
 from ._blueprint import bp
 from ._common import API_VERSION, _get, _json, _new_id, _now, _public, _sb
 
@@ -19,6 +26,16 @@ def sign_payload(body: bytes, secret: str, timestamp: int | None = None) -> str:
     ts = int(time.time()) if timestamp is None else timestamp
     mac = hmac.new(secret.encode(), f"{ts}.".encode() + body, hashlib.sha256).hexdigest()
     return f"t={ts},v1={mac}"
+
+
+def _signed(event: dict[str, Any], secret: str, timestamp: int) -> tuple[bytes, dict[str, str]]:
+    """An event's webhook body and headers, signed as at its emission."""
+    body = json.dumps(event).encode()
+    return body, {
+        "Content-Type": "application/json; charset=utf-8",
+        "User-Agent": "Stripe/1.0 (+https://stripe.com/docs/webhooks)",
+        "Stripe-Signature": sign_payload(body, secret, timestamp),
+    }
 
 
 def _emit(event_type: str, obj: dict[str, Any], previous: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -38,13 +55,8 @@ def _emit(event_type: str, obj: dict[str, Any], previous: dict[str, Any] | None 
         "type": event_type,
     }
     sb.store.put(event)
-    body = json.dumps(event).encode()
-    headers = {
-        "Content-Type": "application/json; charset=utf-8",
-        "User-Agent": "Stripe/1.0 (+https://stripe.com/docs/webhooks)",
-        "Stripe-Signature": sign_payload(body, sb.config.stripe_webhook_secret),
-    }
-    sb.webhooks.emit("stripe", event["id"], event_type, body, headers)
+    payload = Payload(partial(_signed, event, sb.config.stripe_webhook_secret, int(time.time())))
+    sb.webhooks.emit("stripe", event["id"], event_type, payload)
     return event
 
 
