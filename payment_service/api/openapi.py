@@ -15,6 +15,7 @@ from typing import Any
 from flask import Blueprint, Response, abort, jsonify, send_from_directory
 from pydantic import BaseModel
 
+from ..services.api_keys import SIGNED_METHODS
 from .routing import document_path_ids
 from .schemas import Health, Readiness
 
@@ -80,6 +81,7 @@ def spec() -> dict[str, Any]:
     paths = dict(sorted(_paths.items()))
     document_path_ids(paths)
     _document_body_refusals(paths)
+    _document_signing(paths)
     _document_cursors(paths)
     return {
         "openapi": "3.1.0",
@@ -120,6 +122,21 @@ def _document_body_refusals(paths: dict[str, dict[str, Any]]) -> None:
             responses.setdefault("400", problem_ref("malformed_json: the body is not valid JSON"))
             if "webhooks" not in operation.get("tags", []):  # a webhook body is checked by its signature
                 responses.setdefault("415", problem_ref("unsupported_media_type: send the body as application/json"))
+
+
+SIGNED = frozenset(m.lower() for m in SIGNED_METHODS)  # what a client set to sign must sign
+SIGNED_CLIENT: dict[str, list[str]] = {"apiKey": [], "requestSignature": []}
+
+
+def _document_signing(paths: dict[str, dict[str, Any]]) -> None:
+    """A service client may be set to sign its mutations (docs/auth.md, "Signed requests"): every
+    POST, PUT, PATCH or DELETE a client may call then takes X-API-Key together with X-Signature.
+    OpenAPI says so as one more way to authenticate: both schemes at once."""
+    for method_ops in paths.values():
+        for method, operation in method_ops.items():
+            security = operation.get("security", [])
+            if method in SIGNED and {"apiKey": []} in security and SIGNED_CLIENT not in security:
+                security.append(dict(SIGNED_CLIENT))
 
 
 CURSOR_SCHEMA: dict[str, Any] = {"type": "string", "pattern": "^[A-Za-z0-9_-]{0,512}$"}

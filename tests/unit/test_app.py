@@ -129,3 +129,22 @@ def test_openapi_documents_every_route_and_only_those(app, client) -> None:
         for method in ops:
             rules = [r for r in app.url_map.iter_rules() if re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", r.rule) == path]
             assert any(method.upper() in r.methods for r in rules), (path, method)
+
+
+def test_openapi_says_which_operations_a_signing_client_signs(client) -> None:
+    """docs/auth.md "Signed requests": a client set to sign sends X-Signature with X-API-Key on every
+    mutation; the document lists that pair beside X-API-Key alone, and only where a client may call."""
+    from payment_service.services.api_keys import SIGNED_METHODS
+
+    doc = client.get("/openapi.json").get_json()
+    assert doc["components"]["securitySchemes"]["requestSignature"]["name"] == "X-Signature"
+    signed = set()
+    for path, ops in doc["paths"].items():
+        for method, op in ops.items():
+            security = op.get("security", [])
+            pair = {"apiKey": [], "requestSignature": []} in security
+            assert pair == (method.upper() in SIGNED_METHODS and {"apiKey": []} in security), (method, path)
+            assert security.count({"apiKey": [], "requestSignature": []}) <= 1
+            if pair:
+                signed.add(f"{method.upper()} {path}")
+    assert {"POST /payments/{payment_id}/refunds", "POST /withdrawals"} <= signed
