@@ -31,6 +31,7 @@ import argparse
 import asyncio
 import gc
 import json
+import math
 import os
 import re
 import subprocess
@@ -359,16 +360,26 @@ def _cpu_text(per: dict[str, float]) -> str:
 
 
 def target_rounds(api_url: str, sandbox_url: str, latency_ms: int, clients: tuple[int, int], loads: list[float],
-                  rounds: int, warmup: float, seconds: float, meter: Callable[[], CpuMeter]) -> list[dict]:
+                  rounds: int, warmup: float, seconds: float, meter: Callable[[], CpuMeter],
+                  fixed_clients: bool = False) -> list[dict]:
     """Issue 10's targets measured in rounds, each round on its own: the 0 ms peak (closed loop, clients[0]),
-    then the peak at latency_ms (clients[1]: a slow gateway needs more clients in flight for the same rate),
-    then the open loop at each of `loads` x that round's 0 ms peak. A round takes about a minute, so its
-    windows meet the same machine; the level sweep's best window, by contrast, is the luckiest of five, and
-    a paced run minutes later may meet a slower machine."""
+    then the peak at latency_ms, then the open loop at each of `loads` x that round's 0 ms peak. A round
+    takes about a minute, so its windows meet the same machine; the level sweep's best window, by contrast,
+    is the luckiest of five, and a paced run minutes later may meet a slower machine.
+
+    A slow gateway needs more clients in flight for the same rate (Little's law: the rate times the time
+    each spends). Unless `fixed_clients`, the latency window runs at least the 0 ms window's clients plus
+    1.25 x the round's 0 ms peak x the latency, so that too few clients never cap it below that peak
+    (the sweep's best level at 300 ms was 128 in one run, which capped the window at ~200/s)."""
     out = []
     for k in range(1, rounds + 1):
         row: dict = {"round": k}
-        for lat, key, c in ((0, "peak0", clients[0]), (latency_ms, "peak_n", clients[1])):
+        for lat, key in ((0, "peak0"), (latency_ms, "peak_n")):
+            c = clients[0]
+            if lat:
+                needed = clients[0] + math.ceil(1.25 * row["peak0"] * lat / 1000)
+                c = clients[1] if fixed_clients else max(clients[1], needed)
+                row["peak_n_clients"] = c
             sandbox_faults(sandbox_url, lat)
             with SpeedProbe() as speed, meter() as cpu:
                 window, _ = asyncio.run(_closed_loop(api_url, c, max(warmup, c / 150), seconds))
@@ -389,7 +400,8 @@ def target_rounds(api_url: str, sandbox_url: str, latency_ms: int, clients: tupl
                                f"p50 {p['p50_ms']:.0f} ms, p99 {p['p99_ms']:.0f} ms, errors {p['errors']} "
                                f"[speed {p['speed_ms']:.1f} ms]" for p in row["paced"])
         print(f"round {k}: 0 ms {row['peak0']:.1f}/s [speed {row['peak0_speed_ms']:.1f} ms], {latency_ms} ms "
-              f"{row['peak_n']:.1f}/s [speed {row['peak_n_speed_ms']:.1f} ms], ratio {row['ratio'] * 100:.1f} %; "
+              f"{row['peak_n']:.1f}/s at c={row['peak_n_clients']} [speed {row['peak_n_speed_ms']:.1f} ms], "
+              f"ratio {row['ratio'] * 100:.1f} %; "
               f"{paced_text}", flush=True)
         print(f"  CPU ms per top-up: 0 ms peak: {_cpu_text(row['peak0_cpu_ms'])}; "
               + "; ".join(f"paced {p['load']:g} x: {_cpu_text(p['cpu_ms'])}" for p in row["paced"]), flush=True)
@@ -533,15 +545,17 @@ def main() -> None:
         if api is not None and len(latencies) > 1 and args.target_rounds > 0:
             best = [peak(rows[lat][SERVICE])["concurrency"] if rows[lat][SERVICE] else 256 for lat in latencies]
             clients = (args.target_clients or best[0], args.target_clients or best[-1])
+            at_least = "" if args.target_clients else f"at least {clients[1]}, more if the round's 0 ms peak needs it"
             print(f"--- {args.target_rounds} target rounds: 0 ms peak (c={clients[0]}), {latencies[-1]} ms peak "
-                  f"(c={clients[1]}), "
+                  f"(c={at_least or clients[1]}), "
                   f"paced at {', '.join(f'{x:g}' for x in loads)} x the round's 0 ms peak (speed: ms for a fixed "
                   f"loop, lower is faster) ---", flush=True)
             db_pid = server.proc.pid if server is not None and server.proc is not None else None
             assert sandbox is not None
             api_pid, sandbox_pid = api.proc.pid, sandbox.proc.pid
             rounds = target_rounds(api_url, sandbox_url, latencies[-1], clients, loads, args.target_rounds,
-                                   args.warmup, args.seconds, lambda: CpuMeter(api_pid, sandbox_pid, db_pid))
+                                   args.warmup, args.seconds, lambda: CpuMeter(api_pid, sandbox_pid, db_pid),
+                                   fixed_clients=bool(args.target_clients))
             print(flush=True)
     finally:
         if api is not None:
