@@ -4,7 +4,8 @@ The budget is shared by every endpoint (an application limit keyed by `Principal
 RATE_LIMIT_USER for users and RATE_LIMIT_CLIENT for clients, counted in RATE_LIMIT_STORAGE_URI
 (`memory://` is per process, served by `SweptMemoryStorage` below: with several gunicorn workers
 use a shared store such as `redis://`). Requests without a principal (they will get 401) and the
-operational and webhook paths are not counted. Over the limit: 429 problem `rate_limited` with `Retry-After` in seconds.
+operational and webhook paths are not counted. Over the limit: 429 problem `rate_limited` with
+`Retry-After` in seconds.
 
 `auth.identify()` must run before the limiter's before_request hook: register it first.
 """
@@ -33,8 +34,8 @@ class SweptMemoryStorage(MemoryStorage):
 
     `MemoryStorage.incr` starts a 10 ms timer (a thread; a greenlet under gevent) after any hit that
     finds none running, and the timer walks every caller's counter. With a thousand callers in a
-    minute that walk ran up to a hundred times a second in each worker: about 0.7 ms of CPU per hit
-    at 75 hits a second (bench: docs/benchmarks.md), and it grows with the number of callers.
+    minute that walk ran up to a hundred times a second in each worker: about 0.4 ms of CPU per hit
+    at 75 hits a second, 2 ms with 10,000 callers (bench/ratelimit_storage.py, docs/benchmarks.md).
 
     Here the counters' ends are kept in the order their windows started, and each hit drops the
     ended windows at the front and stops at the first one still open: constant work per hit, however
