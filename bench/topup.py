@@ -34,6 +34,7 @@ import json
 import math
 import os
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -329,7 +330,7 @@ class SpeedProbe:
 
     @property
     def ms(self) -> float:
-        return median(self.samples) if self.samples else float("nan")
+        return statistics.median(self.samples) if self.samples else float("nan")
 
 
 class CpuMeter:
@@ -409,12 +410,6 @@ def target_rounds(api_url: str, sandbox_url: str, latency_ms: int, clients: tupl
     return out
 
 
-def median(values: list[float]) -> float:
-    values = sorted(values)
-    mid = len(values) // 2
-    return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=float, default=10.0, help="measured window of each level")
@@ -436,10 +431,11 @@ def main() -> None:
     ap.add_argument("--target-rounds", type=int, default=0,
                     help="with --gateway-latency-ms: after the levels, this many rounds of issue 10's three windows "
                          "back to back (0 ms peak, peak at N ms, paced at --paced-load x that round's 0 ms peak), "
-                         "each peak at the concurrency of its best level (or --target-clients), with the machine's "
-                         "speed and the CPU per top-up of each part")
+                         "the 0 ms peak at the concurrency of its best level, the N ms peak at that of its own best "
+                         "level or more if the round's 0 ms peak needs more in flight (or both at --target-clients), "
+                         "with the machine's speed and the CPU per top-up of each part")
     ap.add_argument("--target-clients", type=int, default=0,
-                    help="clients of both --target-rounds closed-loop windows (default: each latency's best level)")
+                    help="clients of both --target-rounds closed-loop windows, exactly (default: see --target-rounds)")
     ap.add_argument("--db-in-memory", action="store_true",
                     help="MariaDB (durable settings) with its data dir in /dev/shm: the figures then carry no "
                          "stall of this VM's disk")
@@ -600,11 +596,11 @@ def main() -> None:
                   f"(target < 600 ms at 0.8), errors {run['errors']}")
     if rounds:
         ratios = [r["ratio"] * 100 for r in rounds]
-        print(f"\ntarget rounds ({len(rounds)}): ratio median {median(ratios):.1f} % (each: "
+        print(f"\ntarget rounds ({len(rounds)}): ratio median {statistics.median(ratios):.1f} % (each: "
               f"{', '.join(f'{x:.1f}' for x in ratios)}; target >= 90 %, met in {sum(x >= 90 for x in ratios)})")
         for i, load in enumerate(loads):
             p99s = [r["paced"][i]["p99_ms"] for r in rounds]
-            print(f"  paced at {load:g} x the round's 0 ms peak: p99 median {median(p99s):.0f} ms (each: "
+            print(f"  paced at {load:g} x the round's 0 ms peak: p99 median {statistics.median(p99s):.0f} ms (each: "
                   f"{', '.join(f'{x:.0f}' for x in p99s)}; under 600 ms in {sum(x < 600 for x in p99s)}), errors "
                   f"{sum(r['paced'][i]['errors'] for r in rounds)}")
     print(json.dumps({"gateway_latency_ms": latencies, "target_rounds": rounds,
