@@ -68,9 +68,7 @@ class SweptMemoryStorage(MemoryStorage):
             key = next(iter(expirations))
             if expirations[key] > now:
                 return
-            del expirations[key]
-            self.storage.pop(key, None)
-            self.locks.pop(key, None)
+            self.clear(key)  # limits' own removal of a counter, its end and its lock
 
 
 def storage_uri(configured: str) -> str:
