@@ -408,6 +408,16 @@ class Clock:
         self.t += timedelta(**kw)
 
 
+class Seconds:
+    """A clock in epoch seconds (what `time.time` gives) the test moves by hand: `clock.t += 61`."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.t = start
+
+    def __call__(self) -> float:
+        return self.t
+
+
 def fake_uow_factory() -> tuple[Any, _Store]:
     store = _Store()
     return (lambda: FakeUnitOfWork(store)), store

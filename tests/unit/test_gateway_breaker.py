@@ -15,18 +15,10 @@ from payment_service.services import idempotency
 from payment_service.services import payments as svc
 from payment_service.services.risk import RiskRules
 
-from .fakes import Clock, FakeGateway, fake_uow_factory, run_flow
+from .fakes import Clock, FakeGateway, Seconds, fake_uow_factory, run_flow
 
 POLICY = BreakerPolicy(window=10, window_seconds=60, min_calls=4, failure_ratio=0.5, open_seconds=5,
                        probe_seconds=30)
-
-
-class Seconds:
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def __call__(self) -> float:
-        return self.t
 
 
 @pytest.fixture

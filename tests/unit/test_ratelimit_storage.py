@@ -14,18 +14,12 @@ from limits.strategies import FixedWindowRateLimiter
 from payment_service.api import create_app
 from payment_service.api.ratelimit import SweptMemoryStorage, limiter, storage_uri
 
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
+from .fakes import Seconds
 
 
 @pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
-    c = Clock()
+def clock(monkeypatch: pytest.MonkeyPatch) -> Seconds:
+    c = Seconds(start=1_000_000.0)
     monkeypatch.setattr(time, "time", c)  # both modules read time.time() at each call
     return c
 
@@ -43,43 +37,43 @@ def test_the_app_counts_in_the_swept_storage(tmp_path) -> None:
         assert isinstance(limiter().storage, SweptMemoryStorage)
 
 
-def test_same_decisions_as_limits_memory_storage(clock: Clock) -> None:
+def test_same_decisions_as_limits_memory_storage(clock: Seconds) -> None:
     """A fixed window of 3 per minute, hit by two callers over three minutes: both stores agree."""
     limit = parse("3/minute")
     swept, plain = FixedWindowRateLimiter(SweptMemoryStorage()), FixedWindowRateLimiter(MemoryStorage())
     decisions: list[tuple[bool, bool]] = []
     for step in range(36):
-        clock.now += 5.0
+        clock.t += 5.0
         for caller in ("alice", "bob") if step % 3 else ("alice",):
             decisions.append((swept.hit(limit, caller), plain.hit(limit, caller)))
     assert all(a == b for a, b in decisions)
     assert {a for a, _ in decisions} == {True, False}  # the limit was reached, and windows started again
 
 
-def test_ended_windows_are_swept_without_being_read(clock: Clock) -> None:
+def test_ended_windows_are_swept_without_being_read(clock: Seconds) -> None:
     storage = SweptMemoryStorage()
     storage.incr("quiet", 60)
     storage.incr("busy", 60)
-    clock.now += 30.0
+    clock.t += 30.0
     storage.incr("busy", 60)
     assert set(storage.expirations) == {"quiet", "busy"}  # both windows still open
-    clock.now += 31.0  # "quiet"'s window (and "busy"'s, started with it) has ended
+    clock.t += 31.0  # "quiet"'s window (and "busy"'s, started with it) has ended
     storage.incr("other", 60)
     assert set(storage.expirations) == {"other"} and set(storage.storage) == {"other"}
     assert storage.get("busy") == 0
 
 
-def test_a_longer_window_holds_back_the_sweep_not_the_count(clock: Clock) -> None:
+def test_a_longer_window_holds_back_the_sweep_not_the_count(clock: Seconds) -> None:
     """Windows are swept front to back: one still open stops the sweep; a read still sees 0."""
     storage = SweptMemoryStorage()
     storage.incr("hourly", 3600)
     storage.incr("minute", 60)
-    clock.now += 61.0
+    clock.t += 61.0
     storage.incr("next", 60)
     assert list(storage.expirations) == ["hourly", "minute", "next"]  # behind "hourly", not swept yet
     assert storage.get("minute") == 0  # but its window has ended: counted from 0 again
     assert storage.incr("minute", 60) == 1
-    clock.now += 3600.0
+    clock.t += 3600.0
     storage.incr("later", 60)
     assert list(storage.expirations) == ["later"]
 
