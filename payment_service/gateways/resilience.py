@@ -7,8 +7,9 @@
 - `retry_rate_limited`: a gateway's 429 is retried with jittered backoff, with the very same call
   (so the same idempotency key), inside the adapter; only when it persists does the caller see
   `GatewayUnavailableError`.
-- `http_session`: one keep-alive connection pool per gateway, shared by every request of a worker
-  and large enough for all of them (the SDKs' defaults keep 10, or one session per thread).
+- `http_session`: the `requests` session the Razorpay SDK is given: one keep-alive connection pool,
+  shared by every request of a worker and large enough for all of them (the SDK's default keeps 10).
+  Stripe's SDK has its own transport with the same pool (stripe_http.py).
 """
 
 from __future__ import annotations
