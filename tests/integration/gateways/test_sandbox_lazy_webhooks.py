@@ -7,10 +7,8 @@ import copy
 import hashlib
 import hmac
 import json
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -20,6 +18,8 @@ from gateway_sandbox.core import json_copy, public_copy
 from gateway_sandbox.razorpay.events import emit_event
 from gateway_sandbox.server import SandboxServer
 from gateway_sandbox.stripe.events import sign_payload
+from tests.support.waiting import wait_for
+from tests.support.webhook_receiver import Receiver
 
 AUTH = {"Authorization": "Bearer sk_test_sandbox"}
 
@@ -29,47 +29,19 @@ def client(sandbox: SandboxServer) -> FlaskClient:
     return sandbox.app.test_client()
 
 
-class _Receiver:
-    def __init__(self) -> None:
-        self.received: list[tuple[dict[str, str], bytes]] = []
-        received = self.received
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                received.append((dict(self.headers), self.rfile.read(int(self.headers["Content-Length"]))))
-                self.send_response(200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-
-
 @pytest.fixture
-def receiver(client: FlaskClient) -> Iterator[_Receiver]:
-    r = _Receiver()
+def receiver(client: FlaskClient) -> Iterator[Receiver]:
+    r = Receiver()
     try:
         yield r
     finally:
         client.post("/_sandbox/webhooks", json={"stripe_webhook_url": None, "razorpay_webhook_url": None,
                                                 "paused": False})
-        r.server.shutdown()
-        r.server.server_close()
-
-
-def _wait(predicate: Any, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
+        r.close()
 
 
 def test_a_body_made_at_delivery_is_the_event_as_emitted(
-    client: FlaskClient, sandbox: SandboxServer, receiver: _Receiver
+    client: FlaskClient, sandbox: SandboxServer, receiver: Receiver
 ) -> None:
     client.post("/_sandbox/webhooks", json={"paused": True})
     before = int(time.time())
@@ -79,7 +51,7 @@ def test_a_body_made_at_delivery_is_the_event_as_emitted(
     assert (created["status"], confirmed["status"]) == ("requires_confirmation", "succeeded")
     # The intent has changed since its first event; no URL was configured when the events were emitted.
     client.post("/_sandbox/webhooks", json={"stripe_webhook_url": receiver.url, "paused": False})
-    _wait(lambda: len(receiver.received) == 3)
+    receiver.wait_for(3, timeout=5.0)
     first_headers, first_body = receiver.received[0]
     event = json.loads(first_body)
     assert event["type"] == "payment_intent.created"
@@ -98,7 +70,7 @@ def test_deliveries_without_a_url_are_listed_and_never_serialised(client: FlaskC
     client.post("/stripe/v1/payment_intents", headers=AUTH,
                 data={"amount": "1000", "currency": "inr", "payment_method": "pm_card_visa", "confirm": "true"})
     log = sandbox.sandbox.webhooks.log
-    _wait(lambda: all(d.error for d in log))
+    wait_for(lambda: all(d.error for d in log), timeout=5.0, what="every delivery attempted")
     rows = client.get("/_sandbox/webhooks/deliveries?gateway=stripe").get_json()
     assert [r["type"] for r in rows] == [t for t in ("payment_intent.created", "charge.succeeded",
                                                      "payment_intent.succeeded") for _ in range(2)]
