@@ -39,7 +39,9 @@ def localstripe_url() -> Iterator[str]:
         pytest.skip("localstripe is not installed (pip install localstripe)")
     port = free_port()
     proc = subprocess.Popen(  # noqa: S603
-        [*command, "--port", str(port)],
+        # --from-scratch: localstripe keeps its state in a fixed /tmp/localstripe.pickle and loads it at
+        # start; a run killed while writing it (or another suite's localstripe) left one it cannot read.
+        [*command, "--port", str(port), "--from-scratch"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         env={**os.environ, "PYTHONWARNINGS": "ignore"},
