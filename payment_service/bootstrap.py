@@ -67,9 +67,10 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     # READ COMMITTED: guarded UPDATEs and row locks see the latest committed row, and no gap locks.
     kwargs.setdefault("isolation_level", "READ COMMITTED")
     engine = create_engine(url, **kwargs)
-    from .adapters import deferred_writes
+    from .adapters import deferred_writes, repository
 
     deferred_writes.install(engine)  # writes nobody reads ride with the COMMIT (adapters/deferred_writes.py)
+    repository.translate_key_taken(engine)  # a duplicate key's INSERT, wherever it rode (KeyTaken)
     return engine
 
 

@@ -9,12 +9,14 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from sqlalchemy import (
+    Engine,
     Integer,
     Table,
     and_,
     bindparam,
     case,
     delete,
+    event,
     func,
     insert,
     literal,
@@ -41,6 +43,7 @@ from ..domain.payments import (
 from ..domain.withdrawals import Withdrawal
 from ..services import unit_of_work as abstract
 from ..services.audit import AuditLog
+from . import deferred_writes
 from .audit_store import SqlAuditLog
 from .deferred_writes import DEFER
 from .orm import (
@@ -84,9 +87,13 @@ _VELOCITY = select(
         0,
     ),
 ).where(_payments.c.user_id == bindparam("user_id"), _payments.c.created_at >= bindparam("since"))
+_THIS_KEY = (_idem.c.caller == bindparam("k_caller"), _idem.c.key == bindparam("k_key"))
+# The unique index behind (caller, key): a duplicate insert names it in MySQL's error 1062.
+IDEMPOTENCY_KEY_INDEX = "uq_idempotency_keys_caller_key"
+_NOTHING = select(literal(1))  # a statement for waiting writes to ride with
 _COMPLETE_IDEM = (
     update(_idem)
-    .where(_idem.c.id == bindparam("rid"))
+    .where(*_THIS_KEY)
     .values(
         status="COMPLETED",
         response_status=bindparam("rstatus"),
@@ -432,15 +439,22 @@ class SqlIdempotencyRepository(abstract.IdempotencyRepository):
 
     def insert(self, record: IdempotencyRecord) -> bool:
         values = {k: v for k, v in vars(record).items() if k != "id"}
-        # The claim is alone in its transaction (services/idempotency.py), so a duplicate just
-        # rolls it back; no SAVEPOINT round trips on the hot path.
+        # On MySQL the INSERT waits for the request's next statement and rides with it (one round
+        # trip less per keyed request); a duplicate then raises KeyTaken from that statement
+        # (`translate_key_taken`). Elsewhere it runs here. The claim is alone in its transaction
+        # (services/idempotency.py), so a duplicate just rolls it back: no SAVEPOINT round trips.
         try:
-            result = self.session.execute(_INSERT_IDEM, values)
+            result = self.session.execute(_INSERT_IDEM, values, execution_options=DEFER)
         except IntegrityError:
             self.session.rollback()
             return False
-        record.id = int(result.inserted_primary_key[0])  # type: ignore[attr-defined]
+        pk = result.inserted_primary_key[0]  # type: ignore[attr-defined]
+        record.id = 0 if pk is None else int(pk)  # none yet while the INSERT waits
         return True
+
+    def confirm(self) -> None:
+        if deferred_writes.waiting(self.session.connection().connection):
+            self.session.execute(_NOTHING)  # sends the waiting INSERT with it
 
     def get(self, caller: str, key: str) -> IdempotencyRecord | None:
         row = self.session.execute(
@@ -448,21 +462,23 @@ class SqlIdempotencyRepository(abstract.IdempotencyRepository):
         ).scalar_one_or_none()
         return None if row is None else to_domain(IdempotencyRecord, row)
 
-    def take_over(self, record_id: int, now: datetime, locked_until: datetime) -> bool:
+    def take_over(self, caller: str, key: str, now: datetime, locked_until: datetime) -> bool:
         result = self.session.execute(
-            update(IdempotencyKeyRow)
+            update(_idem)
             .where(
-                IdempotencyKeyRow.id == record_id,
-                IdempotencyKeyRow.status == "IN_PROGRESS",
-                or_(IdempotencyKeyRow.locked_until.is_(None), IdempotencyKeyRow.locked_until < now),
+                *_THIS_KEY,
+                _idem.c.status == "IN_PROGRESS",
+                or_(_idem.c.locked_until.is_(None), _idem.c.locked_until < now),
             )
-            .values(locked_until=locked_until)
+            .values(locked_until=locked_until),
+            {"k_caller": caller, "k_key": key},
         )
         return bool(result.rowcount == 1)  # type: ignore[attr-defined]
 
-    def complete(self, record_id: int, status: int, body: str, resource_id: str | None) -> None:
+    def complete(self, caller: str, key: str, status: int, body: str, resource_id: str | None) -> None:
         self.session.execute(
-            _COMPLETE_IDEM, {"rid": record_id, "rstatus": status, "rbody": body, "resource": resource_id},
+            _COMPLETE_IDEM,
+            {"k_caller": caller, "k_key": key, "rstatus": status, "rbody": body, "resource": resource_id},
             execution_options=DEFER,
         )
         # --- audit trail: the API call's row, in the transaction that stores its answer (issue 12) ---
@@ -473,13 +489,32 @@ class SqlIdempotencyRepository(abstract.IdempotencyRepository):
             if call is not None:
                 call.recorded_status = status
 
-    def release(self, record_id: int) -> None:
+    def release(self, caller: str, key: str) -> None:
         self.session.execute(
-            update(IdempotencyKeyRow).where(IdempotencyKeyRow.id == record_id).values(locked_until=None)
+            update(_idem).where(*_THIS_KEY).values(locked_until=None), {"k_caller": caller, "k_key": key}
         )
 
-    def delete(self, record_id: int) -> None:
-        self.session.execute(delete(IdempotencyKeyRow).where(IdempotencyKeyRow.id == record_id))
+    def delete(self, caller: str, key: str) -> None:
+        self.session.execute(delete(_idem).where(*_THIS_KEY), {"k_caller": caller, "k_key": key})
+
+
+def translate_key_taken(engine: Engine) -> None:
+    """A duplicate idempotency key raises `KeyTaken` from whichever statement sent its INSERT.
+
+    On MySQL the key's INSERT rides with the request's next statement or its COMMIT (see
+    `SqlIdempotencyRepository.insert`), so the error 1062 on `IDEMPOTENCY_KEY_INDEX` comes from a
+    statement of some other repository: this turns it into the signal the service waits for
+    (services/idempotency.py), wherever it surfaces, and nothing mistakes it for a duplicate of its own.
+    """
+    if engine.dialect.name != "mysql":
+        return  # the INSERT runs where it is issued: `insert` sees its own IntegrityError
+
+    @event.listens_for(engine, "handle_error")
+    def _key_taken(ctx: Any) -> None:
+        exc = ctx.original_exception
+        args: tuple[Any, ...] = getattr(exc, "args", ())
+        if len(args) >= 2 and args[0] == 1062 and IDEMPOTENCY_KEY_INDEX in str(args[1]):
+            raise abstract.KeyTaken("this idempotency key exists already") from exc
 
 
 # --- the webhook inbox: the applier's claim and settlement, built once -------------------------

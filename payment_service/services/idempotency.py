@@ -6,7 +6,9 @@ far the request got (its recovery point), and each step between gateway calls is
 1. **RECORDED**: insert the key, do the request's own work (the fraud pre-check and the PENDING
    payment, the refund's reservation, the REQUESTED withdrawal) with the record claimed by this
    request (rule 7), and commit, all at once. A refusal (bad input) rolls it all back: nothing is
-   stored, the key included, as Stripe does.
+   stored, the key included, as Stripe does. The key's INSERT may ride with the request's first
+   statement (MySQL): a key that exists then shows up there, as `KeyTaken`, and the request reads
+   the key instead, as when the INSERT itself fails.
 2. The gateway call, outside any transaction (rule 2).
 3. **FINISHED**: apply the answer (the guarded move and its outbox row), release the claim and
    store the response on the key, in one transaction.
@@ -32,7 +34,7 @@ from ..domain.errors import DomainError, IdempotencyKeyInUse, IdempotencyKeyReus
 from ..domain.events import utcnow
 from ..domain.payments import IdempotencyRecord
 from ..gateways.base import GatewayUnavailableError
-from .unit_of_work import AbstractUnitOfWork, UowFactory
+from .unit_of_work import AbstractUnitOfWork, KeyTaken, UowFactory
 
 logger = logging.getLogger(__name__)
 
@@ -167,7 +169,7 @@ def _id(record: Any) -> str:
 def _finish(uow: AbstractUnitOfWork, key: IdempotencyRecord, render: Render, record: Any) -> Reply:
     body, status = render(record)
     text = json.dumps(body)
-    uow.idempotency.complete(key.id, status, text, key.resource_id)
+    uow.idempotency.complete(key.caller, key.key, status, text, key.resource_id)
     return Reply(status, text)
 
 
@@ -176,7 +178,7 @@ def _let_go(
 ) -> None:
     with uow_factory() as uow:
         uow.records.release(flow.kind, _id(record), next_attempt_at=flow.retry_at(t), error=error)
-        uow.idempotency.release(key.id)
+        uow.idempotency.release(key.caller, key.key)
         uow.commit()
 
 
@@ -192,17 +194,27 @@ def _begin(
             status=IN_PROGRESS, created_at=t, expires_at=t + timedelta(seconds=req.ttl_seconds),
             resource_id=ids.new_id(flow.prefix), locked_until=lock_until, recovery_point=RECORDED,
         )
-        with uow_factory() as uow:
-            # Phase 1: the key and the request's own work commit together, or not at all.
-            if uow.idempotency.insert(key):
-                assert key.resource_id is not None
-                record = flow.create(uow, key.resource_id, t, claim_until)
-                if not flow.needs_call(record):  # refused before any gateway call: one transaction
-                    reply = _finish(uow, key, render, record)
+        try:
+            with uow_factory() as uow:
+                # Phase 1: the key and the request's own work commit together, or not at all. The
+                # key's INSERT may ride with the next statement: a key that exists raises KeyTaken there.
+                if uow.idempotency.insert(key):
+                    assert key.resource_id is not None
+                    try:
+                        record = flow.create(uow, key.resource_id, t, claim_until)
+                    except DomainError:
+                        # Refused, perhaps before any statement (an open breaker): a retry of a request
+                        # that finished gets its stored answer, not this refusal.
+                        uow.idempotency.confirm()
+                        raise
+                    if not flow.needs_call(record):  # refused before any gateway call: one transaction
+                        reply = _finish(uow, key, render, record)
+                        uow.commit()
+                        return _Started(key, record, reply)
                     uow.commit()
-                    return _Started(key, record, reply)
-                uow.commit()
-                return _Started(key, record)
+                    return _Started(key, record)
+        except KeyTaken:
+            pass  # another request holds or held this key: read it
         with uow_factory() as uow:
             existing = uow.idempotency.get(req.caller, req.key)
             if existing is None:
@@ -227,7 +239,7 @@ def _resume(
     in_use = IdempotencyKeyInUse("a request with this Idempotency-Key is still in progress; retry later")
     lock_until = t + timedelta(seconds=req.lock_seconds)
     claim_until = t + timedelta(seconds=req.claim_for)
-    if not uow.idempotency.take_over(key.id, t, lock_until):
+    if not uow.idempotency.take_over(key.caller, key.key, t, lock_until):
         raise in_use
     assert key.resource_id is not None
     record = uow.records.get(flow.kind, key.resource_id)

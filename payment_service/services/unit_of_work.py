@@ -143,27 +143,45 @@ class RecordRepository(abc.ABC):
         finished yet)."""
 
 
+class KeyTaken(Exception):
+    """The idempotency key this unit of work inserted exists already (another request holds or held it).
+
+    Raised by whichever statement sends the INSERT: the insert itself, or, where it waits to ride
+    with the next statement (MySQL, adapters/deferred_writes.py), that statement or the commit. The
+    unit of work is spoilt: it is only fit to be rolled back.
+    """
+
+
 class IdempotencyRepository(abc.ABC):
+    """Keys are addressed by (caller, key), unique: an insert that waits for the next statement has no
+    id yet."""
+
     @abc.abstractmethod
     def insert(self, record: IdempotencyRecord) -> bool:
-        """Insert a new IN_PROGRESS record; False if (caller, key) exists already."""
+        """Insert a new IN_PROGRESS record; False if (caller, key) is known to exist already. Where the
+        INSERT is sent with the next statement, a duplicate raises KeyTaken from there instead."""
+
+    @abc.abstractmethod
+    def confirm(self) -> None:
+        """Send an inserted key that still waits, now: raises KeyTaken if it exists. (A request refused
+        before any statement learns whether its key was a retry's.)"""
 
     @abc.abstractmethod
     def get(self, caller: str, key: str) -> IdempotencyRecord | None: ...
 
     @abc.abstractmethod
-    def take_over(self, record_id: int, now: datetime, locked_until: datetime) -> bool:
+    def take_over(self, caller: str, key: str, now: datetime, locked_until: datetime) -> bool:
         """Lock a record whose previous holder is gone (lock expired or released); True if we got it."""
 
     @abc.abstractmethod
-    def complete(self, record_id: int, status: int, body: str, resource_id: str | None) -> None: ...
+    def complete(self, caller: str, key: str, status: int, body: str, resource_id: str | None) -> None: ...
 
     @abc.abstractmethod
-    def release(self, record_id: int) -> None:
+    def release(self, caller: str, key: str) -> None:
         """Unlock without a stored response, so a retry with the same key runs again."""
 
     @abc.abstractmethod
-    def delete(self, record_id: int) -> None: ...
+    def delete(self, caller: str, key: str) -> None: ...
 
 
 class GatewayEventRepository(abc.ABC):

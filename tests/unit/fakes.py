@@ -301,27 +301,26 @@ class FakeIdempotency(abstract.IdempotencyRepository):
         r = self.store.idem.get((caller, key))
         return copy.deepcopy(r) if r else None
 
-    def _by_id(self, record_id: int) -> IdempotencyRecord:
-        return next(r for r in self.store.idem.values() if r.id == record_id)
+    def confirm(self) -> None:
+        return None  # the insert above ran at once
 
-    def take_over(self, record_id: int, now: datetime, locked_until: datetime) -> bool:
-        r = self._by_id(record_id)
+    def take_over(self, caller: str, key: str, now: datetime, locked_until: datetime) -> bool:
+        r = self.store.idem[(caller, key)]
         if r.status != "IN_PROGRESS" or (r.locked_until is not None and r.locked_until >= now):
             return False
         r.locked_until = locked_until
         return True
 
-    def complete(self, record_id: int, status: int, body: str, resource_id: str | None) -> None:
-        r = self._by_id(record_id)
+    def complete(self, caller: str, key: str, status: int, body: str, resource_id: str | None) -> None:
+        r = self.store.idem[(caller, key)]
         r.status, r.response_status, r.response_body, r.locked_until = "COMPLETED", status, body, None
         r.recovery_point = "FINISHED"
 
-    def release(self, record_id: int) -> None:
-        self._by_id(record_id).locked_until = None
+    def release(self, caller: str, key: str) -> None:
+        self.store.idem[(caller, key)].locked_until = None
 
-    def delete(self, record_id: int) -> None:
-        r = self._by_id(record_id)
-        del self.store.idem[(r.caller, r.key)]
+    def delete(self, caller: str, key: str) -> None:
+        del self.store.idem[(caller, key)]
 
 
 class FakeOutbox(abstract.OutboxRepository):

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
+from typing import Any
 
+import pymysql.connections
 import pytest
-from sqlalchemy import Engine, delete
+from sqlalchemy import Engine, delete, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from payment_service.adapters import migrate
@@ -47,3 +50,22 @@ def empty_queues(engine: Engine) -> None:
     with engine.begin() as conn:
         for table in (RefundRow, WithdrawalRequestRow, GatewayEventRow, OutboxEventRow, IdempotencyKeyRow):
             conn.execute(delete(table))
+
+
+@pytest.fixture
+def round_trips(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """The queries this thread sends to the server, one entry per round trip (PyMySQL's COM_QUERY),
+    once the pool holds a connection (a new one's set-up queries are not the test's)."""
+    with engine.connect() as conn:
+        conn.execute(text("SELECT 1"))
+    sent: list[str] = []
+    me = threading.get_ident()
+    plain = pymysql.connections.Connection._execute_command
+
+    def counting(self: Any, command: int, sql: Any) -> Any:
+        if threading.get_ident() == me and command == pymysql.constants.COMMAND.COM_QUERY:
+            sent.append(sql if isinstance(sql, str) else sql.decode())
+        return plain(self, command, sql)
+
+    monkeypatch.setattr(pymysql.connections.Connection, "_execute_command", counting)
+    yield sent

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
-import pymysql.connections
 import pytest
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import IntegrityError
@@ -17,28 +16,9 @@ from payment_service.adapters.deferred_writes import DEFER
 from payment_service.adapters.unit_of_work import SqlAlchemyUnitOfWork
 from payment_service.bootstrap import make_engine
 from payment_service.domain.events import Event, EventType
-from tests.integration.adapters.records import outbox_rows, payment, race, stored_payment_ids
+from tests.integration.adapters.records import inbox_event, outbox_rows, payment, race, stored_payment_ids
 
 UowFactory = Callable[[], SqlAlchemyUnitOfWork]
-
-
-@pytest.fixture
-def round_trips(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
-    """The queries this thread sends to the server, one entry per round trip (PyMySQL's COM_QUERY),
-    once the pool holds a connection (a new one's set-up queries are not the test's)."""
-    with engine.connect() as conn:
-        conn.execute(text("SELECT 1"))
-    sent: list[str] = []
-    me = threading.get_ident()
-    plain = pymysql.connections.Connection._execute_command
-
-    def counting(self: Any, command: int, sql: Any) -> Any:
-        if threading.get_ident() == me and command == pymysql.constants.COMMAND.COM_QUERY:
-            sent.append(sql if isinstance(sql, str) else sql.decode())
-        return plain(self, command, sql)
-
-    monkeypatch.setattr(pymysql.connections.Connection, "_execute_command", counting)
-    yield sent
 
 
 def stored(engine: Engine, payment_id: str) -> bool:
@@ -47,6 +27,13 @@ def stored(engine: Engine, payment_id: str) -> bool:
 
 def outbox_count(engine: Engine, subject: str) -> int:
     return len(outbox_rows(engine, subject))
+
+
+def commit_payments(uow_factory: UowFactory, *payments: Any) -> None:
+    with uow_factory() as uow:
+        for p in payments:
+            uow.payments.add(p)
+        uow.commit()
 
 
 def captured(p: Any) -> Event:
@@ -68,15 +55,16 @@ def test_deferred_writes_reach_the_database_with_the_commit_in_one_round_trip(
     assert outbox_count(engine, p.id) == 1
 
 
-def test_a_statement_after_deferred_writes_sends_them_first_and_sees_them(
+def test_a_statement_after_deferred_writes_takes_them_along_and_sees_them(
     engine: Engine, uow_factory: UowFactory, round_trips: list[str]
 ) -> None:
     p = payment()
     with uow_factory() as uow:
         uow.payments.add(p)
-        got = uow.payments.get(p.id)  # the INSERT goes first, in its own round trip, then the SELECT
+        got = uow.payments.get(p.id)  # the INSERT goes first, in the SELECT's round trip
         assert got is not None and got.id == p.id
-        assert [q.split()[0] for q in round_trips] == ["INSERT", "SELECT"]
+        assert len(round_trips) == 1, round_trips
+        assert [q.split()[0] for q in round_trips[0].split(";\n")] == ["INSERT", "SELECT"]
         uow.commit()
     assert round_trips[-1] == "COMMIT"  # nothing left to send with it
     assert stored(engine, p.id)
@@ -86,9 +74,7 @@ def test_a_deferred_write_that_fails_raises_at_the_commit_and_nothing_of_the_tra
     engine: Engine, uow_factory: UowFactory, round_trips: list[str]
 ) -> None:
     first, taken = payment(), payment()
-    with uow_factory() as uow:
-        uow.payments.add(taken)
-        uow.commit()
+    commit_payments(uow_factory, taken)
     round_trips.clear()
     with pytest.raises(IntegrityError, match="Duplicate entry"):
         with uow_factory() as uow:
@@ -102,10 +88,50 @@ def test_a_deferred_write_that_fails_raises_at_the_commit_and_nothing_of_the_tra
     assert outbox_count(engine, first.id) == 0 and outbox_count(engine, taken.id) == 0
     # The connection goes back to the pool clean: the next transaction commits only its own write.
     again = payment()
-    with uow_factory() as uow:
-        uow.payments.add(again)
-        uow.commit()
+    commit_payments(uow_factory, again)
     assert stored(engine, again.id) and not stored(engine, first.id)
+
+
+def test_a_deferred_write_that_fails_raises_from_the_statement_it_rode_with_which_does_not_run(
+    engine: Engine, uow_factory: UowFactory, round_trips: list[str]
+) -> None:
+    taken, other = payment(), payment()
+    commit_payments(uow_factory, taken, other)
+    round_trips.clear()
+    with pytest.raises(IntegrityError, match="Duplicate entry"):
+        with uow_factory() as uow:
+            uow.payments.add(taken)  # the duplicate, waiting
+            uow.session.execute(  # rides with it, after it: never runs
+                text("UPDATE payments SET failure_code = 'ran' WHERE id = :id"), {"id": other.id}
+            )
+    assert len(round_trips) == 2 and round_trips[1] == "ROLLBACK", round_trips
+    with uow_factory() as uow:
+        after = uow.payments.get(other.id)
+    assert after is not None and after.failure_code is None
+
+
+def test_a_statement_that_rode_with_writes_reports_its_own_row_count_and_id(
+    engine: Engine, uow_factory: UowFactory, round_trips: list[str]
+) -> None:
+    p = payment()
+    with uow_factory() as uow:
+        uow.payments.add(p)
+        uow.outbox.add(captured(p))  # an autoincrement id of its own, in the same round trip
+        moved = uow.session.execute(  # a guarded UPDATE after two writes: its count, not theirs
+            text("UPDATE payments SET failure_code = 'x' WHERE id = :id AND status = 'PENDING'"), {"id": p.id}
+        )
+        assert moved.rowcount == 1  # type: ignore[attr-defined]
+        uow.outbox.add(captured(p))
+        event = inbox_event()
+        assert uow.gateway_events.add(event)  # an INSERT whose id is read, after a write
+        assert len(round_trips) == 2, round_trips
+        uow.commit()
+    with engine.connect() as conn:
+        stored_id = conn.execute(
+            text("SELECT id FROM gateway_events WHERE gateway_event_id = :e"), {"e": event.gateway_event_id}
+        ).scalar_one()
+    assert event.id == stored_id
+    assert outbox_count(engine, p.id) == 2
 
 
 def test_a_rollback_drops_deferred_writes_without_sending_them(

@@ -24,7 +24,7 @@ from payment_service.domain.errors import GatewayUnavailable, IdempotencyKeyInUs
 from payment_service.domain.payments import IdempotencyRecord, Payment
 from payment_service.gateways.base import GatewayUnavailableError
 from payment_service.services import idempotency
-from payment_service.services.unit_of_work import AbstractUnitOfWork
+from payment_service.services.unit_of_work import AbstractUnitOfWork, KeyTaken
 from tests.integration.adapters.conftest import THREADS
 from tests.integration.adapters.records import later, now, payment, race, random_user
 from tests.support.waiting import wait_for
@@ -46,15 +46,51 @@ def test_a_key_is_inserted_once_per_caller(uow_factory: UowFactory) -> None:
     t = now()
     first = key_record(t)
     with uow_factory() as uow:
-        assert uow.idempotency.insert(first) and first.id > 0
+        assert uow.idempotency.insert(first)
         uow.commit()
+    with pytest.raises(KeyTaken):  # the duplicate rides with the next statement, which reports it
+        with uow_factory() as uow:
+            assert uow.idempotency.insert(replace(key_record(t), caller=first.caller, key=first.key))
+            uow.payments.velocity(first.caller, t)
     with uow_factory() as uow:
-        assert not uow.idempotency.insert(replace(key_record(t), caller=first.caller, key=first.key))
         other_caller = replace(key_record(t), key=first.key)
         assert uow.idempotency.insert(other_caller)  # the key is the caller's own
         uow.commit()
     with uow_factory() as uow:
-        assert uow.idempotency.get(first.caller, first.key) == first
+        got = uow.idempotency.get(first.caller, first.key)
+        assert got is not None and replace(got, id=0) == replace(first, id=0)
+
+
+def test_a_keys_insert_rides_with_the_next_statement_or_the_commit(
+    uow_factory: UowFactory, round_trips: list[str]
+) -> None:
+    t = now()
+    rec = key_record(t)
+    with uow_factory() as uow:
+        uow.idempotency.insert(rec)
+        assert round_trips == []
+        uow.payments.velocity("someone", t)
+        assert len(round_trips) == 1 and round_trips[0].startswith("INSERT INTO idempotency_keys")
+        assert "SELECT" in round_trips[0]
+        uow.commit()
+    round_trips.clear()
+    # A duplicate: the next statement raises KeyTaken, and does not run; a commit would too.
+    with pytest.raises(KeyTaken), uow_factory() as uow:
+        uow.idempotency.insert(replace(key_record(t), caller=rec.caller, key=rec.key))
+        uow.payments.velocity("someone", t)
+    with pytest.raises(KeyTaken), uow_factory() as uow:
+        uow.idempotency.insert(replace(key_record(t), caller=rec.caller, key=rec.key))
+        uow.commit()
+    with pytest.raises(KeyTaken), uow_factory() as uow:  # confirm(): sent now, for a refusal
+        uow.idempotency.insert(replace(key_record(t), caller=rec.caller, key=rec.key))
+        uow.idempotency.confirm()
+    with uow_factory() as uow:  # confirm() of a new key: it is in, and commits with the rest
+        fresh = key_record(t)
+        uow.idempotency.insert(fresh)
+        uow.idempotency.confirm()
+        uow.commit()
+    with uow_factory() as uow:
+        assert uow.idempotency.get(fresh.caller, fresh.key) is not None
 
 
 def test_take_over_only_when_the_holder_is_gone(uow_factory: UowFactory) -> None:
@@ -64,18 +100,18 @@ def test_take_over_only_when_the_holder_is_gone(uow_factory: UowFactory) -> None
         uow.idempotency.insert(rec)
         uow.commit()
     with uow_factory() as uow:
-        assert not uow.idempotency.take_over(rec.id, later(59, t), later(120, t))  # the lock is live
-        assert uow.idempotency.take_over(rec.id, later(61, t), later(121, t))  # expired: ours now
-        assert not uow.idempotency.take_over(rec.id, later(62, t), later(122, t))  # and not again
-        uow.idempotency.release(rec.id)
+        assert not uow.idempotency.take_over(rec.caller, rec.key, later(59, t), later(120, t))  # the lock is live
+        assert uow.idempotency.take_over(rec.caller, rec.key, later(61, t), later(121, t))  # expired: ours now
+        assert not uow.idempotency.take_over(rec.caller, rec.key, later(62, t), later(122, t))  # and not again
+        uow.idempotency.release(rec.caller, rec.key)
         uow.commit()
     with uow_factory() as uow:
-        assert uow.idempotency.take_over(rec.id, t, later(60, t))  # released: free at once
-        uow.idempotency.complete(rec.id, 201, '{"id": "pay_x"}', "pay_x")
+        assert uow.idempotency.take_over(rec.caller, rec.key, t, later(60, t))  # released: free at once
+        uow.idempotency.complete(rec.caller, rec.key, 201, '{"id": "pay_x"}', "pay_x")
         uow.commit()
     with uow_factory() as uow:
         done = uow.idempotency.get(rec.caller, rec.key)
-        assert not uow.idempotency.take_over(rec.id, later(3600, t), later(3660, t))  # completed: never
+        assert not uow.idempotency.take_over(rec.caller, rec.key, later(3600, t), later(3660, t))  # completed: never
     assert done is not None
     assert (done.status, done.response_status, done.response_body, done.locked_until, done.recovery_point) == (
         "COMPLETED", 201, '{"id": "pay_x"}', None, "FINISHED")
@@ -90,7 +126,7 @@ def test_racing_take_overs_of_a_stale_key_have_one_winner(uow_factory: UowFactor
 
     def take(_: int) -> bool:
         with uow_factory() as uow:
-            got = uow.idempotency.take_over(rec.id, now(), later(60))
+            got = uow.idempotency.take_over(rec.caller, rec.key, now(), later(60))
             uow.commit()
         return got
 
@@ -101,7 +137,7 @@ def test_delete(uow_factory: UowFactory) -> None:
     rec = key_record(now())
     with uow_factory() as uow:
         uow.idempotency.insert(rec)
-        uow.idempotency.delete(rec.id)
+        uow.idempotency.delete(rec.caller, rec.key)
         uow.commit()
     with uow_factory() as uow:
         assert uow.idempotency.get(rec.caller, rec.key) is None
@@ -147,10 +183,16 @@ class TopUp:
     kind = lifecycle.PAYMENT
     prefix = "pay"
 
-    def __init__(self, gateway: Gateway, user_id: str) -> None:
+    def __init__(self, gateway: Gateway, user_id: str, reads_first: bool = False, refuses: bool = False) -> None:
         self.gateway, self.user_id = gateway, user_id
+        self.reads_first = reads_first  # a read first, as the top-up's fraud check: the key's INSERT rides with it
+        self.refuses = refuses  # refused before any statement, as with an open breaker
 
     def create(self, uow: AbstractUnitOfWork, record_id: str, t: datetime, claimed_until: datetime) -> Payment:
+        if self.refuses:
+            raise GatewayUnavailable("the gateway is failing; no payment was made")
+        if self.reads_first:
+            uow.payments.velocity(self.user_id, later(-3600, t))
         p = payment(user_id=self.user_id, at=t, claimed_until=claimed_until, next_attempt_at=later(300, t))
         p.id = record_id
         uow.payments.add(p)
@@ -191,9 +233,9 @@ class Requests:
         self.user = random_user()
         self.key = uuid.uuid4().hex
 
-    def send(self, at: Callable[[], datetime] = now, fingerprint: str = "fp") -> idempotency.Reply:
+    def send(self, at: Callable[[], datetime] = now, fingerprint: str = "fp", **flow: bool) -> idempotency.Reply:
         req = idempotency.KeyedRequest(f"user:{self.user}", self.key, "POST", "/payments", fingerprint, 86400)
-        return idempotency.execute(TopUp(self.gateway, self.user), req, self.uow_factory, render, at)
+        return idempotency.execute(TopUp(self.gateway, self.user, **flow), req, self.uow_factory, render, at)
 
     def in_background(self, at: Callable[[], datetime] = now) -> tuple[threading.Thread, list[Any]]:
         out: list[Any] = []
@@ -295,3 +337,48 @@ def test_racing_retries_of_a_stale_request_call_the_gateway_once(engine: Engine,
     assert len(replies) + len(refused) == THREADS, results
     assert len(gw.calls) == 1  # exactly one retry took the key over and called
     assert all(r.status == 201 for r in replies) and sum(not r.replayed for r in replies) == 1
+
+
+@pytest.mark.parametrize("reads_first", [False, True], ids=["key-with-the-commit", "key-with-a-read"])
+def test_racing_first_requests_with_one_key_charge_once(
+    engine: Engine, uow_factory: UowFactory, reads_first: bool
+) -> None:
+    """The key's INSERT rides with the request's first statement or its commit: whichever it is, every
+    request but one finds the key taken there (KeyTaken), and is refused or replays the winner's answer."""
+    gw = Gateway()
+    requests = Requests(uow_factory, gw)
+
+    def first(_: int) -> idempotency.Reply:
+        return requests.send(reads_first=reads_first)
+
+    results = race(first, THREADS)
+    replies = [r for r in results if isinstance(r, idempotency.Reply)]
+    refused = [r for r in results if isinstance(r, IdempotencyKeyInUse)]
+    assert len(replies) + len(refused) == THREADS, results
+    assert len(gw.calls) == 1
+    assert all(r.status == 201 for r in replies) and sum(not r.replayed for r in replies) == 1
+    assert captured_events(engine, gw.calls[0]) == 1
+    with engine.connect() as conn:
+        keys = conn.execute(select(IdempotencyKeyRow.status).where(IdempotencyKeyRow.key == requests.key)).all()
+    assert [k.status for k in keys] == ["COMPLETED"]
+
+
+def test_a_refusal_before_any_statement_still_replays_a_finished_request(
+    engine: Engine, uow_factory: UowFactory
+) -> None:
+    """An open breaker refuses before the request sends anything, so its key's INSERT is still waiting:
+    it is sent before the refusal stands, and a retry of a request that finished gets that answer."""
+    gw = Gateway()
+    requests = Requests(uow_factory, gw)
+    done = requests.send()
+    again = requests.send(refuses=True)
+    assert again.replayed and again.body == done.body
+    assert len(gw.calls) == 1
+
+    fresh = Requests(uow_factory, gw)  # a new key refused: nothing stored, the key included
+    with pytest.raises(GatewayUnavailable):
+        fresh.send(refuses=True)
+    with uow_factory() as uow:
+        assert uow.idempotency.get(f"user:{fresh.user}", fresh.key) is None
+    assert fresh.send().status == 201  # and the same key works once the gateway does
+
