@@ -362,7 +362,7 @@ def _cpu_text(per: dict[str, float]) -> str:
 
 def target_rounds(api_url: str, sandbox_url: str, latency_ms: int, clients: tuple[int, int], loads: list[float],
                   rounds: int, warmup: float, seconds: float, meter: Callable[[], CpuMeter],
-                  fixed_clients: bool = False) -> list[dict]:
+                  fixed_clients: bool = False, zero_control: bool = False) -> list[dict]:
     """Issue 10's targets measured in rounds, each round on its own: the 0 ms peak (closed loop, clients[0]),
     then the peak at latency_ms, then the open loop at each of `loads` x that round's 0 ms peak. A round
     takes about a minute, so its windows meet the same machine; the level sweep's best window, by contrast,
@@ -371,7 +371,10 @@ def target_rounds(api_url: str, sandbox_url: str, latency_ms: int, clients: tupl
     A slow gateway needs more clients in flight for the same rate (Little's law: the rate times the time
     each spends). Unless `fixed_clients`, the latency window runs at least the 0 ms window's clients plus
     1.25 x the round's 0 ms peak x the latency, so that too few clients never cap it below that peak
-    (the sweep's best level at 300 ms was 128 in one run, which capped the window at ~200/s)."""
+    (the sweep's best level at 300 ms was 128 in one run, which capped the window at ~200/s).
+
+    With `zero_control`, each paced window is followed by the same offered rate with the gateway at 0 ms:
+    what the machine's own queue adds to the latency at that rate, with no gateway wait to hide behind."""
     out = []
     for k in range(1, rounds + 1):
         row: dict = {"round": k}
@@ -389,23 +392,27 @@ def target_rounds(api_url: str, sandbox_url: str, latency_ms: int, clients: tupl
             row[f"{key}_cpu_ms"] = cpu.per_topup_ms(window.answered)
             row[f"{key}_errors"] = sum(window.errors.values())
         row["ratio"] = row["peak_n"] / row["peak0"] if row["peak0"] else 0.0
-        row["paced"] = []
+        row["paced"], row["paced_zero"] = [], []
         for load in loads:
-            with SpeedProbe() as probe, meter() as cpu:
-                window = asyncio.run(_paced(api_url, load * row["peak0"], warmup, seconds))
-            row["paced"].append({"load": load, "offered_per_s": load * row["peak0"], "per_s": window.ok / seconds,
-                                 "p50_ms": pct(window.latencies, 50) * 1000, "p99_ms": pct(window.latencies, 99) * 1000,
-                                 "errors": sum(window.errors.values()), "speed_ms": probe.ms,
-                                 "cpu_ms": cpu.per_topup_ms(window.answered)})
-        paced_text = "; ".join(f"{p['load']:g} x: {p['offered_per_s']:.1f}/s offered, {p['per_s']:.1f}/s answered, "
-                               f"p50 {p['p50_ms']:.0f} ms, p99 {p['p99_ms']:.0f} ms, errors {p['errors']} "
-                               f"[speed {p['speed_ms']:.1f} ms]" for p in row["paced"])
+            for lat, key in ((latency_ms, "paced"), *(((0, "paced_zero"),) if zero_control else ())):
+                sandbox_faults(sandbox_url, lat)
+                with SpeedProbe() as probe, meter() as cpu:
+                    window = asyncio.run(_paced(api_url, load * row["peak0"], warmup, seconds))
+                row[key].append({"load": load, "gateway_ms": lat, "offered_per_s": load * row["peak0"],
+                                 "per_s": window.ok / seconds, "p50_ms": pct(window.latencies, 50) * 1000,
+                                 "p99_ms": pct(window.latencies, 99) * 1000, "errors": sum(window.errors.values()),
+                                 "speed_ms": probe.ms, "cpu_ms": cpu.per_topup_ms(window.answered)})
+        paced_text = "; ".join(f"{p['load']:g} x at {p['gateway_ms']} ms: {p['offered_per_s']:.1f}/s offered, "
+                               f"{p['per_s']:.1f}/s answered, p50 {p['p50_ms']:.0f} ms, p99 {p['p99_ms']:.0f} ms, "
+                               f"errors {p['errors']} [speed {p['speed_ms']:.1f} ms]"
+                               for p in row["paced"] + row["paced_zero"])
         print(f"round {k}: 0 ms {row['peak0']:.1f}/s [speed {row['peak0_speed_ms']:.1f} ms], {latency_ms} ms "
               f"{row['peak_n']:.1f}/s at c={row['peak_n_clients']} [speed {row['peak_n_speed_ms']:.1f} ms], "
               f"ratio {row['ratio'] * 100:.1f} %; "
               f"{paced_text}", flush=True)
         print(f"  CPU ms per top-up: 0 ms peak: {_cpu_text(row['peak0_cpu_ms'])}; "
-              + "; ".join(f"paced {p['load']:g} x: {_cpu_text(p['cpu_ms'])}" for p in row["paced"]), flush=True)
+              + "; ".join(f"paced {p['load']:g} x at {p['gateway_ms']} ms: {_cpu_text(p['cpu_ms'])}"
+                          for p in row["paced"] + row["paced_zero"]), flush=True)
         out.append(row)
     return out
 
@@ -434,6 +441,9 @@ def main() -> None:
                          "the 0 ms peak at the concurrency of its best level, the N ms peak at that of its own best "
                          "level or more if the round's 0 ms peak needs more in flight (or both at --target-clients), "
                          "with the machine's speed and the CPU per top-up of each part")
+    ap.add_argument("--paced-zero-control", action="store_true",
+                    help="with --target-rounds: each paced window again with the gateway at 0 ms, same offered rate "
+                         "(the queue the machine builds by itself at that rate)")
     ap.add_argument("--target-clients", type=int, default=0,
                     help="clients of both --target-rounds closed-loop windows, exactly (default: see --target-rounds)")
     ap.add_argument("--db-in-memory", action="store_true",
@@ -551,7 +561,7 @@ def main() -> None:
             api_pid, sandbox_pid = api.proc.pid, sandbox.proc.pid
             rounds = target_rounds(api_url, sandbox_url, latencies[-1], clients, loads, args.target_rounds,
                                    args.warmup, args.seconds, lambda: CpuMeter(api_pid, sandbox_pid, db_pid),
-                                   fixed_clients=bool(args.target_clients))
+                                   fixed_clients=bool(args.target_clients), zero_control=args.paced_zero_control)
             print(flush=True)
     finally:
         if api is not None:
@@ -603,6 +613,10 @@ def main() -> None:
             print(f"  paced at {load:g} x the round's 0 ms peak: p99 median {statistics.median(p99s):.0f} ms (each: "
                   f"{', '.join(f'{x:.0f}' for x in p99s)}; under 600 ms in {sum(x < 600 for x in p99s)}), errors "
                   f"{sum(r['paced'][i]['errors'] for r in rounds)}")
+            if rounds[0]["paced_zero"]:
+                zero = [r["paced_zero"][i]["p99_ms"] for r in rounds]
+                print(f"  the same rate with the gateway at 0 ms: p99 median {statistics.median(zero):.0f} ms (each: "
+                      f"{', '.join(f'{x:.0f}' for x in zero)})")
     print(json.dumps({"gateway_latency_ms": latencies, "target_rounds": rounds,
                       "load_average": [load_before, load_after],
                       "service": {lat: r[SERVICE] for lat, r in rows.items()},
