@@ -8,8 +8,9 @@
   (so the same idempotency key), inside the adapter; only when it persists does the caller see
   `GatewayUnavailableError`.
 - `http_session`: the `requests` session the Razorpay SDK is given: one keep-alive connection pool,
-  shared by every request of a worker and large enough for all of them (the SDK's default keeps 10).
-  Stripe's SDK has its own transport with the same pool (stripe_http.py).
+  shared by every request of a worker and large enough for all of them (the SDK's default keeps 10),
+  and the request's CPU slot given back while each exchange is on the wire (cpu_slots.py). Stripe's
+  SDK has its own transport with the same pool and the same slot rule (stripe_http.py).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import requests
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter, Gauge, Histogram
 from requests.adapters import HTTPAdapter
 
 from ..cpu_slots import outside_slot
@@ -59,6 +60,12 @@ CIRCUIT_REJECTED = Counter(
 GATEWAY_CALLS = Counter(
     "payment_gateway_calls", "Gateway calls by outcome: ok (answered), failed (timeout, 5xx), other (429, 409)",
     ["gateway", "outcome"],
+)
+GATEWAY_CALL_SECONDS = Histogram(
+    "payment_gateway_call_seconds",
+    "How long gateway calls took, from sending to the answer or the failure (429 retries included)",
+    ["gateway", "call", "outcome"],
+    buckets=(0.025, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 30),
 )
 RATE_LIMITED_RETRIES = Counter(
     "payment_gateway_rate_limited_retries", "Calls retried after the gateway answered 429", ["gateway"],
@@ -113,9 +120,15 @@ class GuardedGateway:
             CIRCUIT_REJECTED.labels(self.name).inc()
             raise CircuitOpenError(self.name, self.breaker.retry_after())
         failed: bool | None = None
+        took: float | None = None
+        started = time.perf_counter()
         try:
-            with outside_slot():  # the request's CPU slot is free while it waits (cpu_slots.py)
+            # No CPU slot while the call waits on the network: its transport gives it back around the
+            # exchange (stripe_http.py, http_session), so the SDK's own work stays in the slot.
+            try:
                 result = fn(*args, **kwargs)
+            finally:
+                took = time.perf_counter() - started
             failed = False
             return result
         except GatewayUnavailableError as exc:
@@ -125,7 +138,10 @@ class GuardedGateway:
             failed = False  # a definite answer (a decline, a 4xx): the gateway is up
             raise
         finally:
-            GATEWAY_CALLS.labels(self.name, {True: "failed", False: "ok", None: "other"}[failed]).inc()
+            outcome = {True: "failed", False: "ok", None: "other"}[failed]
+            GATEWAY_CALLS.labels(self.name, outcome).inc()
+            if took is not None:
+                GATEWAY_CALL_SECONDS.labels(self.name, fn.__name__, outcome).observe(took)
             self.breaker.record(permit, failed)
 
     def create_customer(self, user_id: str, *, idempotency_key: str) -> str:
@@ -186,7 +202,7 @@ def retry_rate_limited(
     gateway: str,
     call: Callable[[], T],
     waits: Sequence[float] = RATE_LIMIT_WAITS,
-    sleep: Callable[[float], None] = time.sleep,
+    sleep: Callable[[float], None] | None = None,
 ) -> T:
     """`call()`, again after each wait while the gateway answers 429. The call is the very same one
     (same body, same idempotency key), so a retry can never do the work twice: a 429 is a refusal to
@@ -201,8 +217,21 @@ def retry_rate_limited(
             RATE_LIMITED_RETRIES.labels(gateway).inc()
             logger.info("gateway rate limited: retrying", extra={"gateway": gateway, "attempt": attempt + 1,
                                                                   "wait_s": round(delay, 3)})
-            sleep(delay)
+            (sleep or _sleep_outside_slot)(delay)
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _sleep_outside_slot(seconds: float) -> None:
+    with outside_slot():  # a back-off is a wait like the call's: the worker's CPU slot is free meanwhile
+        time.sleep(seconds)
+
+
+class _WaitOutsideSlot(HTTPAdapter):
+    """Sends with the request's CPU slot given back while the exchange is on the wire (cpu_slots.py)."""
+
+    def send(self, request: requests.PreparedRequest, *args: Any, **kwargs: Any) -> requests.Response:
+        with outside_slot():
+            return super().send(request, *args, **kwargs)
 
 
 def http_session(max_connections: int, session: requests.Session | None = None) -> requests.Session:
@@ -210,7 +239,7 @@ def http_session(max_connections: int, session: requests.Session | None = None) 
     process. Under the gevent worker every request is a greenlet: a per-thread session would be a new
     connection per request, and a pool of 10 would throw away all but 10 of a burst's connections."""
     session = session or requests.Session()
-    adapter = HTTPAdapter(pool_connections=4, pool_maxsize=max_connections, max_retries=0)
+    adapter = _WaitOutsideSlot(pool_connections=4, pool_maxsize=max_connections, max_retries=0)
     session.mount("https://", adapter)
     session.mount("http://", adapter)
     return session

@@ -4,8 +4,10 @@ and a top-up meeting an open breaker (services/payments.TopUpFlow): fakes and a 
 from __future__ import annotations
 
 import logging
+import time
 
 import pytest
+from prometheus_client import REGISTRY
 
 from payment_service.domain.breaker import BreakerPolicy, BreakerState, CircuitBreaker
 from payment_service.domain.errors import GatewayUnavailable
@@ -180,6 +182,33 @@ def test_rate_limits_do_not_open_the_breaker(breaker: CircuitBreaker) -> None:
         with pytest.raises(GatewayUnavailableError):
             gw.charge(_request())
     assert breaker.state is BreakerState.CLOSED
+
+
+def test_each_call_is_timed_by_gateway_call_and_outcome(breaker: CircuitBreaker) -> None:
+    def seen(call: str, outcome: str) -> tuple[float, float]:
+        labels = {"gateway": "stripe", "call": call, "outcome": outcome}
+        count = REGISTRY.get_sample_value("payment_gateway_call_seconds_count", labels) or 0.0
+        return count, REGISTRY.get_sample_value("payment_gateway_call_seconds_sum", labels) or 0.0
+
+    class Slow(FakeGateway):
+        def charge(self, request):
+            time.sleep(0.02)
+            return super().charge(request)
+
+    inner = Slow()
+    gw = GuardedGateway(inner, breaker)
+    ok_before, failed_before = seen("charge", "ok"), seen("charge", "failed")
+    gw.charge(_request())
+    count, total = seen("charge", "ok")
+    assert count == ok_before[0] + 1 and total - ok_before[1] >= 0.02
+    inner.unavailable = True
+    sent = len(inner.calls)
+    for _ in range(10):  # failures until the breaker opens, then refusals, which are never sent
+        with pytest.raises(GatewayUnavailableError):
+            gw.charge(_request())
+    assert breaker.state is BreakerState.OPEN
+    failed = len(inner.calls) - sent
+    assert 1 <= failed < 10 and seen("charge", "failed")[0] == failed_before[0] + failed
 
 
 def test_transitions_are_logged(caplog: pytest.LogCaptureFixture) -> None:
