@@ -9,16 +9,11 @@ per round trip. Measured at 300 ms of gateway latency and ~90 % of this machine'
 made the p99 three to four times the p50 (docs/benchmarks.md, issue 10).
 
 So a request takes a slot before it runs (`hold`, for the whole request) and gives it back while it
-waits on a gateway (`outside`, around each exchange on the wire: the gateway transports call
-`outside_slot`, and so does a 429's back-off), and only `API_CPU_SLOTS` requests of a worker hold one
-at a time; the others wait in line, first come first served. The SDK's work on either side of the
-wire (building the call, reading the answer) runs in the slot like the rest of the request: run
-outside it, the answers of a slow gateway's many calls in flight interleaved with the slot holders'
-work, and the holders' turns grew three times longer (docs/benchmarks.md, issue 10, sixth look). A
-request coming back from its gateway call is served before new ones: it has the least work left, and
-finishing it first is what keeps the tail short. Waiting on the gateway costs no slot, so a thousand
-charges can be in flight; the database pool (`DB_POOL_SIZE`, 20) is never the queue, since only slot
-holders use it.
+waits on a gateway (`outside`, around every gateway call), and only `API_CPU_SLOTS` requests of a
+worker hold one at a time; the others wait in line, first come first served. A request coming back
+from its gateway call is served before new ones: it has the least work left, and finishing it first
+is what keeps the tail short. Waiting on the gateway costs no slot, so a thousand charges can be in
+flight; the database pool (`DB_POOL_SIZE`, 20) is never the queue, since only slot holders use it.
 
 Threads see the same gate (the worker's sweeps call gateways outside any request: `outside` is then a
 no-op). Slots are per process: each gunicorn worker has its own.

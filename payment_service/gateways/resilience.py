@@ -8,9 +8,8 @@
   (so the same idempotency key), inside the adapter; only when it persists does the caller see
   `GatewayUnavailableError`.
 - `http_session`: the `requests` session the Razorpay SDK is given: one keep-alive connection pool,
-  shared by every request of a worker and large enough for all of them (the SDK's default keeps 10),
-  and the request's CPU slot given back while each exchange is on the wire (cpu_slots.py). Stripe's
-  SDK has its own transport with the same pool and the same slot rule (stripe_http.py).
+  shared by every request of a worker and large enough for all of them (the SDK's default keeps 10).
+  Stripe's SDK has its own transport with the same pool (stripe_http.py).
 """
 
 from __future__ import annotations
@@ -123,12 +122,11 @@ class GuardedGateway:
         took: float | None = None
         started = time.perf_counter()
         try:
-            # No CPU slot while the call waits on the network: its transport gives it back around the
-            # exchange (stripe_http.py, http_session), so the SDK's own work stays in the slot.
-            try:
-                result = fn(*args, **kwargs)
-            finally:
-                took = time.perf_counter() - started
+            with outside_slot():  # the request's CPU slot is free while it waits (cpu_slots.py)
+                try:
+                    result = fn(*args, **kwargs)
+                finally:
+                    took = time.perf_counter() - started  # the call, not the wait for the slot after it
             failed = False
             return result
         except GatewayUnavailableError as exc:
@@ -202,7 +200,7 @@ def retry_rate_limited(
     gateway: str,
     call: Callable[[], T],
     waits: Sequence[float] = RATE_LIMIT_WAITS,
-    sleep: Callable[[float], None] | None = None,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> T:
     """`call()`, again after each wait while the gateway answers 429. The call is the very same one
     (same body, same idempotency key), so a retry can never do the work twice: a 429 is a refusal to
@@ -217,21 +215,8 @@ def retry_rate_limited(
             RATE_LIMITED_RETRIES.labels(gateway).inc()
             logger.info("gateway rate limited: retrying", extra={"gateway": gateway, "attempt": attempt + 1,
                                                                   "wait_s": round(delay, 3)})
-            (sleep or _sleep_outside_slot)(delay)
+            sleep(delay)
     raise AssertionError("unreachable")  # pragma: no cover
-
-
-def _sleep_outside_slot(seconds: float) -> None:
-    with outside_slot():  # a back-off is a wait like the call's: the worker's CPU slot is free meanwhile
-        time.sleep(seconds)
-
-
-class _WaitOutsideSlot(HTTPAdapter):
-    """Sends with the request's CPU slot given back while the exchange is on the wire (cpu_slots.py)."""
-
-    def send(self, request: requests.PreparedRequest, *args: Any, **kwargs: Any) -> requests.Response:
-        with outside_slot():
-            return super().send(request, *args, **kwargs)
 
 
 def http_session(max_connections: int, session: requests.Session | None = None) -> requests.Session:
@@ -239,7 +224,7 @@ def http_session(max_connections: int, session: requests.Session | None = None) 
     process. Under the gevent worker every request is a greenlet: a per-thread session would be a new
     connection per request, and a pool of 10 would throw away all but 10 of a burst's connections."""
     session = session or requests.Session()
-    adapter = _WaitOutsideSlot(pool_connections=4, pool_maxsize=max_connections, max_retries=0)
+    adapter = HTTPAdapter(pool_connections=4, pool_maxsize=max_connections, max_retries=0)
     session.mount("https://", adapter)
     session.mount("http://", adapter)
     return session

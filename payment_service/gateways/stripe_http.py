@@ -13,8 +13,7 @@ It keeps what the service relied on from the requests transport:
 - the same timeout for connecting and for each read, and compressed answers accepted;
 - every transport failure (refused, reset, timed out, TLS) raised as `stripe.APIConnectionError`,
   which the adapter maps to `GatewayUnavailableError` (outcome unknown), as before;
-- no CPU slot held while the call is on the wire (cpu_slots.py): the request gives its slot back
-  around the exchange only, so the SDK's own work on either side of it runs in the slot.
+- no CPU slot held during the call: GuardedGateway gives it back around the whole call, as before.
 """
 
 from __future__ import annotations
@@ -27,8 +26,6 @@ from urllib.parse import urlsplit
 
 import stripe
 import urllib3
-
-from ..cpu_slots import outside_slot
 
 # What `requests` added to every call: compressed answers (urllib3 decodes them).
 _DEFAULT_HEADERS = {"Accept-Encoding": "gzip, deflate"}
@@ -82,11 +79,10 @@ class Urllib3Client(stripe.HTTPClient):
         self, method: str, url: str, headers: Mapping[str, str] | None, body: Any, *, stream: bool
     ) -> urllib3.BaseHTTPResponse:
         try:
-            with outside_slot():  # waiting on Stripe: the worker's CPU slot is free meanwhile
-                return self._for(url).request(
-                    method.upper(), url, body=body, headers={**_DEFAULT_HEADERS, **(headers or {})},
-                    timeout=self._timeout, redirect=False, preload_content=not stream,
-                )
+            return self._for(url).request(
+                method.upper(), url, body=body, headers={**_DEFAULT_HEADERS, **(headers or {})},
+                timeout=self._timeout, redirect=False, preload_content=not stream,
+            )
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise stripe.APIConnectionError(
                 f"Unexpected error communicating with Stripe. (Network error: {type(exc).__name__}: {exc})",
