@@ -52,18 +52,15 @@ def install(engine: Engine) -> None:
             defer_sql(cursor.connection, cursor.mogrify(statement, parameters))
             cursor.lastrowid = None  # answered as a statement with no result: no rows, no row count, no id
             return
-        writes = _take(cursor.connection)
-        if writes:
-            # The waiting writes and this statement in one round trip: the cursor is left on the
-            # statement's own answer (its rows, row count and id), the writes' answers read first.
-            cursor.execute(";\n".join([*writes, cursor.mogrify(statement, parameters)]))
-            for _ in writes:
-                cursor.nextset()
+        if waiting(cursor.connection):
+            _with_writes(cursor, cursor.mogrify(statement, parameters))
             return
         plain_execute(cursor, statement, parameters, context)
 
     def do_execute_no_params(cursor: Any, statement: str, context: Any = None) -> None:
-        flush(cursor.connection)
+        if waiting(cursor.connection):
+            _with_writes(cursor, statement)
+            return
         plain_no_params(cursor, statement, context)
 
     def do_executemany(cursor: Any, statement: str, parameters: Any, context: Any = None) -> None:
@@ -111,8 +108,17 @@ def waiting(dbapi_connection: Any) -> bool:
     return bool(getattr(_raw(dbapi_connection), _PENDING, None))
 
 
+def _with_writes(cursor: Any, sql: str) -> None:
+    """The waiting writes and `sql` (rendered) in one round trip: the cursor is left on the statement's
+    own answer (its rows, row count and id), the writes' answers read first."""
+    writes = _take(cursor.connection)
+    cursor.execute(";\n".join([*writes, sql]))  # no arguments: sent as it is
+    for _ in writes:
+        cursor.nextset()
+
+
 def flush(dbapi_connection: Any) -> None:
-    """Send the writes waiting on this connection now (a statement is about to be sent after them)."""
+    """Send the writes waiting on this connection now (executemany sends its own statement after them)."""
     writes = _take(dbapi_connection)
     if writes:
         _send(dbapi_connection, writes)
