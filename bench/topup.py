@@ -375,6 +375,7 @@ def target_rounds(api_url: str, sandbox_url: str, latency_ms: int, clients: tupl
 
     With `zero_control`, each paced window is followed by the same offered rate with the gateway at 0 ms:
     what the machine's own queue adds to the latency at that rate, with no gateway wait to hide behind."""
+    paced_windows = [(latency_ms, "paced"), *([(0, "paced_zero")] if zero_control else [])]
     out = []
     for k in range(1, rounds + 1):
         row: dict = {"round": k}
@@ -394,7 +395,7 @@ def target_rounds(api_url: str, sandbox_url: str, latency_ms: int, clients: tupl
         row["ratio"] = row["peak_n"] / row["peak0"] if row["peak0"] else 0.0
         row["paced"], row["paced_zero"] = [], []
         for load in loads:
-            for lat, key in ((latency_ms, "paced"), *(((0, "paced_zero"),) if zero_control else ())):
+            for lat, key in paced_windows:
                 sandbox_faults(sandbox_url, lat)
                 with SpeedProbe() as probe, meter() as cpu:
                     window = asyncio.run(_paced(api_url, load * row["peak0"], warmup, seconds))
