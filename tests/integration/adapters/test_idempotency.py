@@ -75,14 +75,15 @@ def test_a_keys_insert_rides_with_the_next_statement_or_the_commit(
         uow.commit()
     round_trips.clear()
     # A duplicate: the next statement raises KeyTaken, and does not run; a commit would too.
+    again = replace(key_record(t), caller=rec.caller, key=rec.key)  # inserted as a fresh copy each time
     with pytest.raises(KeyTaken), uow_factory() as uow:
-        uow.idempotency.insert(replace(key_record(t), caller=rec.caller, key=rec.key))
+        uow.idempotency.insert(replace(again))
         uow.payments.velocity("someone", t)
     with pytest.raises(KeyTaken), uow_factory() as uow:
-        uow.idempotency.insert(replace(key_record(t), caller=rec.caller, key=rec.key))
+        uow.idempotency.insert(replace(again))
         uow.commit()
     with pytest.raises(KeyTaken), uow_factory() as uow:  # confirm(): sent now, for a refusal
-        uow.idempotency.insert(replace(key_record(t), caller=rec.caller, key=rec.key))
+        uow.idempotency.insert(replace(again))
         uow.idempotency.confirm()
     with uow_factory() as uow:  # confirm() of a new key: it is in, and commits with the rest
         fresh = key_record(t)
@@ -258,6 +259,16 @@ def captured_events(engine: Engine, payment_id: str) -> int:
             OutboxEventRow.subject == payment_id, OutboxEventRow.event_type == "PAYMENT_CAPTURED")).all())
 
 
+def one_call_the_rest_refused_or_replayed(results: list[Any], gw: Gateway) -> None:
+    """Racing requests with one key: one called the gateway and answered; each other one was refused
+    (409, in progress) or replayed that answer."""
+    replies = [r for r in results if isinstance(r, idempotency.Reply)]
+    refused = [r for r in results if isinstance(r, IdempotencyKeyInUse)]
+    assert len(replies) + len(refused) == THREADS, results
+    assert len(gw.calls) == 1
+    assert all(r.status == 201 for r in replies) and sum(not r.replayed for r in replies) == 1
+
+
 def test_a_retry_while_the_first_request_is_alive_is_refused(engine: Engine, uow_factory: UowFactory) -> None:
     gw = Gateway()
     requests = Requests(uow_factory, gw)
@@ -331,12 +342,7 @@ def test_racing_retries_of_a_stale_request_call_the_gateway_once(engine: Engine,
     def retry(_: int) -> idempotency.Reply:
         return requests.send()
 
-    results = race(retry, THREADS)
-    replies = [r for r in results if isinstance(r, idempotency.Reply)]
-    refused = [r for r in results if isinstance(r, IdempotencyKeyInUse)]
-    assert len(replies) + len(refused) == THREADS, results
-    assert len(gw.calls) == 1  # exactly one retry took the key over and called
-    assert all(r.status == 201 for r in replies) and sum(not r.replayed for r in replies) == 1
+    one_call_the_rest_refused_or_replayed(race(retry, THREADS), gw)  # one retry took the key over
 
 
 @pytest.mark.parametrize("reads_first", [False, True], ids=["key-with-the-commit", "key-with-a-read"])
@@ -351,12 +357,7 @@ def test_racing_first_requests_with_one_key_charge_once(
     def first(_: int) -> idempotency.Reply:
         return requests.send(reads_first=reads_first)
 
-    results = race(first, THREADS)
-    replies = [r for r in results if isinstance(r, idempotency.Reply)]
-    refused = [r for r in results if isinstance(r, IdempotencyKeyInUse)]
-    assert len(replies) + len(refused) == THREADS, results
-    assert len(gw.calls) == 1
-    assert all(r.status == 201 for r in replies) and sum(not r.replayed for r in replies) == 1
+    one_call_the_rest_refused_or_replayed(race(first, THREADS), gw)
     assert captured_events(engine, gw.calls[0]) == 1
     with engine.connect() as conn:
         keys = conn.execute(select(IdempotencyKeyRow.status).where(IdempotencyKeyRow.key == requests.key)).all()
