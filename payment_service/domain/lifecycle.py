@@ -187,6 +187,16 @@ def failure_applies(payment: Payment, attempt_id: str | None) -> bool:
     return attempt_id is None or payment.gateway_payment_id is None or attempt_id == payment.gateway_payment_id
 
 
+def cancel_is_expiry(payment: Payment, at: datetime) -> bool:
+    """A cancel of a payment waiting for 3-D Secure past its deadline is its expiry. The expiry sweep
+    cancels exactly those, and the gateway's webhook about that cancel may land before the sweep's own
+    answer does: either way the payment is EXPIRED, not FAILED. A cancel before the deadline (in the
+    gateway's Dashboard) fails it."""
+    return (
+        payment.status == _P.PENDING_3DS.value and payment.expires_at is not None and payment.expires_at <= at
+    )
+
+
 def is_late_success(payment: Payment, attempt_id: str | None) -> bool:
     """A verified capture that no move can record: the payment is closed (FAILED, EXPIRED), or it was
     captured by another attempt. Its money must go back (rule 8)."""

@@ -19,7 +19,7 @@ from ..domain.model import PaymentStatus
 from ..domain.payments import Payment
 from ..gateways.base import ChargeResult, ChargeStatus, Gateway, GatewayUnavailableError, idempotency_key_for
 from .lifecycle import DEFAULT_POLICY, Stop, SweepPolicy, SweepReport, sweep, walk
-from .payments import PaymentSettings, apply_charge_result, charge, charge_request
+from .payments import PaymentSettings, apply_charge_result, charge, charge_request, expire
 from .unit_of_work import Clock, UowFactory
 
 logger = logging.getLogger(__name__)
@@ -56,11 +56,7 @@ def expire_pending_3ds(
                 logger.info("3-D Secure payment succeeded at expiry", extra={"payment_id": payment.id})
                 after = apply_charge_result(uow, payment, result, t, settings)
             else:
-                after = walk(
-                    uow, PAYMENTS, payment, PaymentStatus.EXPIRED.value, t,
-                    next_action_url=None, failure_code="expired",
-                    failure_message="3-D Secure was not completed in time",
-                )[0]
+                after = expire(uow, payment, t)
             uow.commit()
         return after
 

@@ -103,6 +103,8 @@ def apply_charge_result(
         if not moved and lifecycle.is_late_success(after, attempt):
             after = record_late_refund(uow, after, result, at, settings)
         return after
+    if result.status is ChargeStatus.CANCELED and lifecycle.cancel_is_expiry(payment, at):
+        return expire(uow, payment, at)
     if target == PaymentStatus.PENDING_3DS.value:
         expires = at + timedelta(seconds=settings.pending_3ds_ttl_seconds)
         changes = {**gw_id, **card_changes, "next_action_url": result.redirect_url, "expires_at": expires,
@@ -116,6 +118,14 @@ def apply_charge_result(
         "next_action_url": None,
     }
     return _walk(uow, payment, target, at, changes)[0]
+
+
+def expire(uow: AbstractUnitOfWork, payment: Payment, at: datetime) -> Payment:
+    """The 3-D Secure wait ran out: EXPIRED (once, whether the expiry sweep or the webhook about its
+    cancel lands it)."""
+    return _walk(uow, payment, PaymentStatus.EXPIRED.value, at, {
+        "next_action_url": None, "failure_code": "expired", "failure_message": "3-D Secure was not completed in time",
+    })[0]
 
 
 def _walk(

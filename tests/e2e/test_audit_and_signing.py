@@ -185,7 +185,11 @@ def test_job_state_changes_name_the_job(url: str, reader: dict[str, str], engine
     wait_for(lambda: status() == "EXPIRED", timeout=60, what="the expiry job")
     (row,) = wait_for(lambda: rows_for(url, reader, pid, "payment.expired"), timeout=60,
                       what="the expiry's audit row")
-    assert row["actor"] == "job:expire_pending_3ds" and row["request_id"] is None
+    # The job cancels at the gateway and records the expiry; the gateway's webhook about that cancel
+    # may be applied first, and then it is the one that lands the expiry (the job then moves nothing).
+    # Either way the row names who moved the payment: the job, or the gateway with its event's id.
+    assert (row["actor"], row["request_id"] is None) == ("job:expire_pending_3ds", True) or (
+        row["actor"] == "gateway:stripe" and row["request_id"].startswith("evt_")), row
 
 
 def test_rows_are_sealed_by_the_worker_and_the_list_pages_newest_first(url: str, reader: dict[str, str],

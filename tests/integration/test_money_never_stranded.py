@@ -187,6 +187,7 @@ class FakeCardGateway:
         event_type = {
             ChargeStatus.SUCCEEDED: "payment_intent.succeeded",
             ChargeStatus.FAILED: "payment_intent.payment_failed",
+            ChargeStatus.CANCELED: "payment_intent.canceled",
         }.get(result.status, "payment_intent.processing")
         return WebhookEvent(
             gateway=self.name,
@@ -933,6 +934,42 @@ def test_3ds_expiry_expires_the_others_when_one_payment_fails(world: World, erro
     assert escaped is None, f"the expiry job raised {escaped!r}"
     assert statuses[bad] == "PENDING_3DS", statuses
     assert_sweep_bookkeeping(world, "payments", bad, started, NEEDLE)
+
+
+def test_3ds_expiry_whose_cancel_webhook_is_applied_first_still_expires(world: World) -> None:
+    # The expiry sweep cancels at the gateway, and the gateway's payment_intent.canceled webhook reaches
+    # the worker's applier while the sweep's call is still in flight: the applier (another thread, its
+    # own transactions on MariaDB) lands it before the sweep records the expiry. CI met this order: the
+    # payment ended FAILED and the wallet was told PAYMENT_FAILED for a 3-D Secure wait that ran out.
+    gateway = FakeCardGateway("stripe")
+    service = world.service({"stripe": gateway, "razorpay": FakeRazorpayGateway()}, PENDING_3DS_TTL_SECONDS=0)
+    resp = post_topup(service.client(), "u_expiry_race", uuid.uuid4().hex,
+                      topup_body(10_000, "stripe", "pm_card_threeDSecure2Required"))
+    assert resp.status_code == 202, resp.get_data(as_text=True)
+    payment_id = resp.get_json()["id"]
+    cancel = gateway.cancel_charge
+    applier = Threads()
+
+    def cancel_then_webhook_applied(gateway_payment_id: str, *, idempotency_key: str) -> ChargeResult:
+        result = cancel(gateway_payment_id, idempotency_key=idempotency_key)
+
+        def deliver_and_apply() -> None:
+            store_webhook(gateway.event_for(gateway_payment_id), service.container.uow_factory)
+            jobs.apply_webhooks(service.container)
+
+        applier.start("applier", deliver_and_apply)
+        applier.join()  # the sweep's answer comes back only after the webhook is applied
+        return result
+
+    gateway.cancel_charge = cancel_then_webhook_applied  # type: ignore[method-assign]
+    time.sleep(0.01)
+    _expired, escaped = run_job(jobs.expire, service.container)
+    assert escaped is None and not applier.errors, (escaped, applier.errors)
+    row = world.row("payments", payment_id)
+    assert (row["status"], row["failure_code"]) == ("EXPIRED", "expired"), row
+    assert len(world.events(payment_id, "PAYMENT_EXPIRED")) == 1
+    assert world.events(payment_id, "PAYMENT_FAILED") == []
+    assert_money_accounted(world, gateway, payment_id)
 
 
 @pytest.mark.parametrize("error", list(ERRORS))

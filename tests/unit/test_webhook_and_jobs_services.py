@@ -236,6 +236,44 @@ def test_expiry_cancels_then_expires_with_event(env) -> None:
     assert gw.state[p.gateway_payment_id].status is ChargeStatus.CANCELED
 
 
+def test_expiry_whose_cancel_webhook_lands_first_still_expires(env) -> None:
+    # The sweep cancels at the gateway; the gateway's payment_intent.canceled webhook can reach the
+    # applier before the sweep records the expiry (CI met it: the payment ended FAILED, published as
+    # PAYMENT_FAILED). A cancel of a 3-D Secure payment past its deadline is that expiry, whoever lands it.
+    _, store, gw, clock = env
+    p = start_3ds(env)
+    cancel = gw.cancel_charge
+
+    def cancel_then_webhook(gateway_payment_id: str, *, idempotency_key: str) -> ChargeResult:
+        result = cancel(gateway_payment_id, idempotency_key=idempotency_key)
+        deliver(env, "evt_canceled", "canceled", gateway_payment_id, p.id)
+        assert apply(env) == 1
+        return result
+
+    gw.cancel_charge = cancel_then_webhook
+    clock.advance(seconds=901)
+    assert expire(env) == SweepReport(claimed=1, finished=1)
+    after = store.payments[p.id]
+    assert after.status == "EXPIRED" and after.failure_code == "expired"
+    assert after.failure_message == "3-D Secure was not completed in time"
+    assert [e.type for e in store.outbox] == [EventType.PAYMENT_EXPIRED]
+    assert [e.status for e in store.inbox.values()] == ["APPLIED"]
+    # One audit row, naming who landed it: the gateway's event here (the sweep then moved nothing).
+    rows = [(r.actor, r.request_id) for r in store.audit if r.resource_id == p.id and r.action == "payment.expired"]
+    assert rows == [("gateway:stripe", "evt_canceled")]
+
+
+def test_a_cancel_before_the_deadline_fails_the_payment(env) -> None:
+    # Canceled elsewhere (the Dashboard) while the customer still had time: not an expiry.
+    _, store, gw, clock = env
+    p = start_3ds(env)
+    gw.cancel_charge(p.gateway_payment_id, idempotency_key="dashboard")
+    deliver(env, "evt_canceled", "canceled", p.gateway_payment_id, p.id)
+    apply(env)
+    assert store.payments[p.id].status == "FAILED"
+    assert [e.type for e in store.outbox] == [EventType.PAYMENT_FAILED]
+
+
 def test_expiry_race_gateway_succeeded_so_captured(env) -> None:
     _, store, gw, clock = env
     p = start_3ds(env)
