@@ -356,6 +356,11 @@ class CpuMeter:
         return {name: spent * 1000 / answered for name, spent in self.spent.items()} if answered else {}
 
 
+def _cpu_over(paced: dict[str, float], peak: dict[str, float]) -> float:
+    """How much more CPU (all parts) a top-up cost in a paced window than in the peak's, in %."""
+    return (sum(paced.values()) / sum(peak.values()) - 1) * 100 if paced and peak else float("nan")
+
+
 def _cpu_text(per: dict[str, float]) -> str:
     return ", ".join(f"{name} {ms:.2f}" for name, ms in per.items()) + f" (total {sum(per.values()):.2f})"
 
@@ -614,6 +619,13 @@ def main() -> None:
             print(f"  paced at {load:g} x the round's 0 ms peak: p99 median {statistics.median(p99s):.0f} ms (each: "
                   f"{', '.join(f'{x:.0f}' for x in p99s)}; under 600 ms in {sum(x < 600 for x in p99s)}), errors "
                   f"{sum(r['paced'][i]['errors'] for r in rounds)}")
+            # What decides the tail (docs/benchmarks.md, issue 10): how much more CPU a paced top-up costs
+            # than one in the saturated window its rate was taken from, so 0.8 x the rate may ask for
+            # more than 80 % of the machine. Rounds in order of that excess, each with its p99.
+            excess = sorted((_cpu_over(r["paced"][i]["cpu_ms"], r["peak0_cpu_ms"]), r["paced"][i]["p99_ms"])
+                            for r in rounds)
+            print("    by the paced top-up's CPU over the 0 ms peak's: "
+                  + ", ".join(f"{x:+.1f} % {p99:.0f} ms" for x, p99 in excess))
             if rounds[0]["paced_zero"]:
                 zero = [r["paced_zero"][i]["p99_ms"] for r in rounds]
                 print(f"  the same rate with the gateway at 0 ms: p99 median {statistics.median(zero):.0f} ms (each: "
